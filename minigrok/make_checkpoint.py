@@ -1,0 +1,128 @@
+"""Write a random checkpoint in exactly the official on-disk format.
+
+The real 318 GB checkpoint is just a bigger instance of what this writes: the same file
+names and order, protocol-4 pickles of float32 arrays and ``__main__.QuantizedWeight8bit``
+objects with int8 weights and bfloat16 scales (row-block scales where the official weights
+have them), plus a ``config.json`` with the official field names. The weights are random
+normals quantised by absmax per column (per row block and column for the row-parallel
+weights), so everything that reads a checkpoint can be tested without the download.
+
+Every tensor draws from its own generator seeded by (seed, crc32(name)): the same seed
+gives the same bytes, and layer k is the same whatever --num-layers says. Tensors are made
+and written a slice at a time, so writing two full-width Grok-1 layers (~13 GB) needs well
+under 2 GB of memory.
+"""
+
+import math
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import pickle_writer
+from .checkpoint import CKPT_DIR, tensor_file, tensor_specs
+from .config import CONFIG_FILE, Config, to_json
+from .errors import MinigrokError
+from .quant import quantize
+
+_COLUMNS = 2048          # columns of one expert quantised at a time (fixes the random stream)
+_ROWS = 8192             # rows of a float32 tensor written at a time
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _std(name: str, shape) -> float:
+    """The spread of each random tensor, chosen so activations stay O(1) through the stack."""
+    if name.endswith("/embeddings"):
+        return 1 / math.sqrt(shape[1])       # x embedding_multiplier_scale = sqrt(D) -> unit rms
+    if name.endswith("router/w"):
+        return 4 / math.sqrt(shape[0])       # decisive routing: well separated top-2 choices
+    if name.endswith("/scale"):
+        return 0.1                           # norm scales are 1 + this noise
+    return 1 / math.sqrt(shape[-2])          # fan-in init for every linear map
+
+
+def _float_writer(spec, seed):
+    """Payload writer for a float32 tensor, generated ``_ROWS`` rows at a time."""
+    def write(f):
+        rng, std = _rng(seed, spec.name), _std(spec.name, spec.shape)
+        rows = spec.shape[0]
+        for r0 in range(0, rows, _ROWS):
+            shape = (min(_ROWS, rows - r0),) + spec.shape[1:]
+            x = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+            if spec.name.endswith("/scale"):
+                x += 1
+            f.write(x.tobytes())
+    return write
+
+
+def _quantized_writers(spec, seed):
+    """Payload writers for a QuantizedWeight8bit: weight first (it fills in the scales)."""
+    E, n_in, n_out = (1,) + spec.shape if len(spec.shape) == 2 else spec.shape
+    blocks = spec.scales[-2]
+    scales = np.zeros((E, blocks, n_out), dtype=np.uint16)
+
+    def write_weight(f):
+        rng, std = _rng(seed, spec.name), np.float32(_std(spec.name, spec.shape))
+        for e in range(E):
+            q = np.empty((n_in, n_out), dtype=np.int8)
+            for c0 in range(0, n_out, _COLUMNS):
+                c1 = min(c0 + _COLUMNS, n_out)
+                w = rng.standard_normal((n_in, c1 - c0), dtype=np.float32) * std
+                q[:, c0:c1], scales[e, :, c0:c1] = quantize(w, blocks)
+            f.write(q.tobytes())
+
+    def write_scales(f):
+        f.write(scales.tobytes())
+
+    return write_weight, write_scales
+
+
+def write_tensor(path: Path, spec, seed: int):
+    """Write one tensor file (``spec`` from checkpoint.tensor_specs)."""
+    if spec.scales is None:
+        value = pickle_writer.array_value(spec.shape, np.float32, _float_writer(spec, seed))
+    else:
+        write_weight, write_scales = _quantized_writers(spec, seed)
+        value = pickle_writer.quantized_value(
+            pickle_writer.array_value(spec.shape, np.int8, write_weight),
+            pickle_writer.array_value(spec.scales, np.uint16, write_scales, bfloat16=True))
+    with open(path, "wb") as f:
+        pickle_writer.dump(value, f)
+
+
+def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progress=None) -> Path:
+    """Write a random checkpoint for ``cfg`` into ``out`` (``out/ckpt-0/``, ``out/config.json``).
+
+    Writes into a temporary sibling folder and renames it at the end, so ``out`` is either
+    the old checkpoint or the complete new one, never half of each. An existing ``out``
+    that is not empty is refused unless ``force``.
+    """
+    out = Path(out).expanduser()
+    cfg.validate()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise MinigrokError(f"{out}: already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / CKPT_DIR).mkdir(parents=True)
+        specs = tensor_specs(cfg)
+        for i, spec in enumerate(specs):
+            if progress:
+                progress(i, len(specs), spec.name)
+            write_tensor(tmp / CKPT_DIR / tensor_file(i), spec, seed)
+        (tmp / CONFIG_FILE).write_text(to_json(cfg))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

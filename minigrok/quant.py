@@ -109,3 +109,11 @@ def matmul(x, qw, chunk_rows: int = 1024):
             part += x[:, r0:r1] @ w
         out += part * scales[b]
     return out
+
+
+def linear(x, w):
+    """x [T, in] @ w [in, out] -> [T, out] float32, for a float or a quantised weight."""
+    if isinstance(w, QuantizedWeight8bit):
+        return matmul(x, w)
+    xp = array_module(x)
+    return x.astype(xp.float32, copy=False) @ xp.asarray(w, dtype=xp.float32)

@@ -1,0 +1,77 @@
+"""Grouped-query self-attention with Grok-1's soft-capped logits, masks and KV cache.
+
+H query heads share K key/value heads: query head h reads kv head h // G (G = H // K),
+because the official code reshapes the queries to [T, K, G, d]. Scores are
+``q.k * attn_output_multiplier`` (1/sqrt(d), applied once), then soft-capped to
+``30 * tanh(s / 30)``, masked, and soft-maxed in float32.
+
+Masking follows the official code exactly: a query sees a key when the key is not later
+(causal) and the key's token is not padding (id 0). Masked scores are set to -1e30, not
+-inf, so a query that sees no key at all (a pad token with only pads before it) gets a
+uniform average over every key in the call, later ones included; only that pad position's
+own output is affected, since no one attends to a pad.
+"""
+
+from . import quant
+from .rope import apply_rope
+from .xp import array_module
+
+SOFT_CAP = 30.0
+MASKED = -1e30
+
+
+def new_cache(num_layers: int, size: int, num_kv_heads: int, key_size: int, xp):
+    """An empty KV cache for ``size`` positions: the values ``attention`` reads and fills.
+
+    k, v: [L, S, K, d] float32 (rotated keys, values); keep: [S] bool (not padding);
+    length: positions filled so far (the next token's position).
+    """
+    shape = (num_layers, size, num_kv_heads, key_size)
+    return {"k": xp.zeros(shape, xp.float32), "v": xp.zeros(shape, xp.float32),
+            "keep": xp.zeros(size, dtype=bool), "length": 0}
+
+
+def attention_weights(q, k, keep, offset: int, multiplier: float):
+    """Soft-capped, masked, normalised scores.
+
+    q: [T, K, G, d] rotated queries at positions offset..offset+T-1; k: [S, K, d] rotated keys
+    at positions 0..S-1; keep: [S] bool -> probabilities [K, G, T, S] float32.
+    """
+    xp = array_module(q)
+    T, S = q.shape[0], k.shape[0]
+    scores = xp.einsum("tkgd,skd->kgts", q, k) * xp.float32(multiplier)     # [K, G, T, S]
+    scores = xp.float32(SOFT_CAP) * xp.tanh(scores / xp.float32(SOFT_CAP))
+    causal = xp.arange(S)[None, :] <= (offset + xp.arange(T))[:, None]      # [T, S]
+    scores = xp.where(causal & keep[None, :], scores, xp.float32(MASKED))
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    p = xp.exp(scores)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: int,
+              key_size: int, multiplier: float, keep, offset: int = 0, cache=None, layer: int = 0):
+    """Self-attention of x over itself and, with a cache, over everything cached before it.
+
+    x: [T, D] (already normed), tokens at positions offset..offset+T-1; keep: [T] bool, which
+    of those tokens are not padding; query/key/value/linear: the layer's weights
+    ([D, H*d], [D, K*d], [D, K*d], [H*d, D]). With a cache, the new keys/values are written
+    at [offset, offset+T) of cache layer ``layer`` and all of [0, offset+T) is attended.
+    Returns [T, D] float32.
+    """
+    xp = array_module(x)
+    T, G = x.shape[0], num_q_heads // num_kv_heads
+    positions = offset + xp.arange(T)
+    q = apply_rope(quant.linear(x, query).reshape(T, num_q_heads, key_size), positions)   # [T, H, d]
+    k = apply_rope(quant.linear(x, key).reshape(T, num_kv_heads, key_size), positions)    # [T, K, d]
+    v = quant.linear(x, value).reshape(T, num_kv_heads, key_size)                         # [T, K, d]
+    if cache is not None:
+        end = offset + T
+        cache["k"][layer, offset:end], cache["v"][layer, offset:end] = k, v
+        cache["keep"][offset:end] = keep
+        k, v, keep = cache["k"][layer, :end], cache["v"][layer, :end], cache["keep"][:end]
+    elif offset:
+        raise ValueError("attention: a non-zero offset needs the cache holding the earlier keys")
+    probs = attention_weights(q.reshape(T, num_kv_heads, G, key_size), k, keep, offset,
+                              multiplier)                                           # [K, G, T, S]
+    out = xp.einsum("kgts,skd->tkgd", probs, v).reshape(T, num_q_heads * key_size)  # [T, H*d]
+    return quant.linear(out, linear)                                                # [T, D]

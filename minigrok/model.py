@@ -1,0 +1,74 @@
+"""The whole Grok-1 forward pass: tokens -> logits.
+
+    h = in_out_embed[tokens] * embedding_multiplier_scale          # [T, D]
+    for each decoder layer (in numeric order 0, 1, 2, ...):  h = decoder_layer(h)
+    logits = (rms_norm(h) @ in_out_embed.T) * output_multiplier_scale   # [T, V]
+
+The embedding matrix is used twice (tied input and output embeddings), each time with its
+own multiplier. Computation is float32 throughout; the official code runs activations in
+bfloat16, which is why the two agree to ~0.5% rather than to the last bit.
+"""
+
+from .checkpoint import EMBEDDINGS, FINAL_NORM, layer_prefix
+from .layer import decoder_layer
+from .rmsnorm import rms_norm
+from .xp import array_module
+
+
+def layer_params(flat: dict, index: int) -> dict:
+    """Layer ``index``'s parameters, nested by their official names under the layer.
+
+    {"multi_head_attention": {"query", "key", "value", "linear"}, "moe": {"linear",
+    "linear_v", "linear_1"}, "router", "rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3"}
+    """
+    prefix = layer_prefix(index)
+    layer = {"multi_head_attention": {}, "moe": {}}
+    for name, value in flat.items():
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):].split("/")[:-1]              # drop the trailing w / scale
+        if len(parts) == 2:
+            layer[parts[0]][parts[1]] = value
+        else:
+            layer[parts[0]] = value
+    return layer
+
+
+def model_params(flat: dict, num_layers: int) -> dict:
+    """Checkpoint dict {official name: tensor} -> {"in_out_embed", "rms_norm", "layers": [...]}."""
+    return {"in_out_embed": flat[EMBEDDINGS], "rms_norm": flat[FINAL_NORM],
+            "layers": [layer_params(flat, i) for i in range(num_layers)]}
+
+
+def embed(params, cfg, tokens):
+    """tokens: [T] int -> [T, D] float32 input embeddings."""
+    xp = array_module(tokens)
+    rows = xp.asarray(params["in_out_embed"][tokens], dtype=xp.float32)
+    return rows * xp.float32(cfg.embedding_multiplier_scale)
+
+
+def unembed(params, cfg, h):
+    """h: [T, D] (after the final norm) -> logits [T, V] float32, with the tied embeddings."""
+    xp = array_module(h)
+    embeddings = xp.asarray(params["in_out_embed"], dtype=xp.float32)
+    return (h @ embeddings.T) * xp.float32(cfg.output_multiplier_scale)
+
+
+def forward(params, cfg, tokens, cache=None, last_only: bool = False):
+    """Logits for ``tokens``: [T] int (on the parameters' device) -> [T, V] float32.
+
+    Without a cache the tokens are the whole sequence. With a cache (attention.new_cache)
+    they continue what it holds: they sit at positions cache["length"]... and the cache is
+    extended in place. ``last_only`` returns just the last position's logits, [1, V].
+    """
+    offset = 0 if cache is None else cache["length"]
+    # The official mask is ``tokens > pad_token``: pad keys are never attended to.
+    keep = tokens > cfg.pad_token
+    h = embed(params, cfg, tokens)
+    for i, layer in enumerate(params["layers"]):
+        h = decoder_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=i)
+    if cache is not None:
+        cache["length"] = offset + len(tokens)
+    if last_only:
+        h = h[-1:]
+    return unembed(params, cfg, rms_norm(h, params["rms_norm"]))

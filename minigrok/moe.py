@@ -1,0 +1,59 @@
+"""Grok-1's mixture of experts: a softmax router, top-2 choice, un-renormalised gates.
+
+The router is a float32 [D, E] matrix; its softmax runs over all E = 8 experts and the two
+largest probabilities become the gates *as they are* (they sum to less than 1; some ports
+renormalise them, which changes every output). Ties go to the lower expert index, as
+``jax.lax.top_k`` does. The official code runs all 8 experts on every token and masks out
+the unchosen ones; minigrok runs only the chosen ones, which is the same sum and is what
+lets a token touch just 2/8 of the expert weights. Pad tokens are routed like any other
+token: the official MoE layer drops its padding mask.
+"""
+
+import math
+
+from . import quant
+from .xp import array_module
+
+
+def gelu(x):
+    """The tanh approximation of GELU (jax.nn.gelu's default), not the exact erf form."""
+    xp = array_module(x)
+    c = xp.float32(math.sqrt(2.0 / math.pi))
+    return 0.5 * x * (1.0 + xp.tanh(c * (x + xp.float32(0.044715) * x * x * x)))
+
+
+def route(x, router, k: int):
+    """x: [T, D], router: [D, E] -> (probs [T, E], expert_ids [T, k], gates [T, k])."""
+    xp = array_module(x)
+    logits = x.astype(xp.float32, copy=False) @ xp.asarray(router, dtype=xp.float32)   # [T, E]
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    probs = xp.exp(logits)
+    probs = probs / probs.sum(axis=-1, keepdims=True)
+    ids = xp.argsort(-probs, axis=-1, kind="stable")[:, :k]                   # [T, k]
+    return probs, ids, xp.take_along_axis(probs, ids, axis=-1)
+
+
+def expert(x, linear_w, linear_v, linear_1):
+    """One expert's feed-forward: (gelu(x W) * (x V)) W1.  x: [T, D] -> [T, D]."""
+    return quant.linear(gelu(quant.linear(x, linear_w)) * quant.linear(x, linear_v), linear_1)
+
+
+def _expert_weight(w, e):
+    """Expert e of a stacked [E, in, out] weight (a view: only its pages are ever read)."""
+    return type(w)(w.weight[e], w.scales[e]) if hasattr(w, "scales") else w[e]
+
+
+def moe(x, router, linear, linear_v, linear_1, *, num_selected: int):
+    """x: [T, D] (normed) -> (out [T, D], probs [T, E], expert_ids [T, k], gates [T, k]).
+
+    router: [D, E] float32; linear, linear_v: [E, D, F]; linear_1: [E, F, D] (quantised).
+    """
+    xp = array_module(x)
+    probs, ids, gates = route(x, router, num_selected)
+    out = xp.zeros(x.shape, dtype=xp.float32)
+    for e in sorted(set(ids.ravel().tolist())):
+        rows, slot = xp.nonzero(ids == e)                                     # tokens choosing e
+        y = expert(x[rows], _expert_weight(linear, e), _expert_weight(linear_v, e),
+                   _expert_weight(linear_1, e))
+        out[rows] += gates[rows, slot][:, None] * y
+    return out, probs, ids, gates

@@ -5,8 +5,11 @@ and exit code 2; nothing else is caught, so a real bug keeps its traceback.
 """
 
 import argparse
+import os
 import sys
 import time
+import warnings
+from pathlib import Path
 
 from .errors import MinigrokError
 
@@ -59,6 +62,71 @@ def cmd_inspect(args):
           f"fp32 embeddings for the logits")
 
 
+def _token_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise MinigrokError(f"token ids must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_generate(args):
+    from .api import load
+    from .tokenizer import stream_text
+
+    from .sampling import check_settings
+
+    if args.prompt is not None and not args.prompt:
+        raise MinigrokError("empty prompt: give some text with --prompt")
+    check_settings(args.temperature, args.top_p)
+    prompt = _token_list(args.prompt_tokens) if args.prompt is None else None
+    m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer)
+    if prompt is None:
+        prompt = m.encode(args.prompt)
+    times = [time.perf_counter()]                # start, then after each new token
+
+    def timed(ids):
+        for token in ids:
+            times.append(time.perf_counter())
+            yield token
+
+    new_ids = m.generate_ids(prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    for piece in stream_text(m.tokenizer, prompt, timed(new_ids)):
+        print(piece, end="", flush=True)
+    print()
+    n = len(times) - 1
+    prefill = f"{len(prompt) / (times[1] - times[0]):.1f}" if n else "-"
+    decode = f"{(n - 1) / (times[-1] - times[1]):.1f}" if n > 1 else "-"
+    print(f"[{len(prompt)} prompt tokens: {prefill} tok/s, {n} generated tokens: {decode} tok/s, "
+          f"{args.device}]", file=sys.stderr)
+
+
+def cmd_logits(args):
+    import numpy as np
+
+    from .api import load
+
+    m = load(args.checkpoint, device=args.device)
+    logits = m.logits(_token_list(args.tokens))
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}.npy")
+    try:
+        np.save(tmp, logits.astype(np.float32))
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise MinigrokError(f"{out}: cannot write ({e.strerror})") from None
+
+
+def cmd_tokenize(args):
+    from .tokenizer import encode, find_tokenizer, load_tokenizer
+
+    sp = load_tokenizer(find_tokenizer(args.tokenizer, args.checkpoint))
+    ids = encode(sp, args.text)
+    print(",".join(str(i) for i in ids))
+    for i in ids:
+        print(f"{i:>7}  {sp.id_to_piece(i)!r}")
+
+
 def _count(shape) -> int:
     n = 1
     for s in shape:
@@ -66,8 +134,16 @@ def _count(shape) -> int:
     return n
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit code 2) like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minigrok", description="Grok-1 in plain NumPy.")
+    p = _Parser(prog="minigrok", description="Grok-1 in plain NumPy, checked against the "
+                "official code.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("make-checkpoint", help="write a random checkpoint in the official format")
@@ -81,12 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="list every tensor of a checkpoint and the totals")
     s.add_argument("--checkpoint", required=True, help="folder holding ckpt-0/ (or ckpt-0/ itself)")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("generate", help="continue a prompt, streaming the text")
+    s.add_argument("--checkpoint", help="checkpoint folder (default: the built-in tiny one)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="prompt text (encoded without BOS, as the official runner)")
+    g.add_argument("--prompt-tokens", help="prompt as comma-separated token ids, e.g. 1,2,3")
+    s.add_argument("--max-new-tokens", type=int, default=32)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    s.add_argument("--tokenizer", help="path of tokenizer.model")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("logits", help="full-sequence logits as a float32 [T, vocab] .npy")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 5,17,300")
+    s.add_argument("--out", required=True, help="output .npy file")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    s.set_defaults(func=cmd_logits)
+
+    s = sub.add_parser("tokenize", help="token ids and pieces of a text")
+    s.add_argument("text")
+    s.add_argument("--tokenizer", help="path of tokenizer.model")
+    s.add_argument("--checkpoint", help="look for tokenizer.model beside this checkpoint")
+    s.set_defaults(func=cmd_tokenize)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, *_: f"minigrok: warning: {message}\n"
     try:
         args.func(args)
     except MinigrokError as e:

@@ -29,7 +29,13 @@ def route(x, router, k: int):
     logits = logits - logits.max(axis=-1, keepdims=True)
     probs = xp.exp(logits)
     probs = probs / probs.sum(axis=-1, keepdims=True)
-    ids = xp.argsort(-probs, axis=-1, kind="stable")[:, :k]                   # [T, k]
+    # k rounds of argmax, which like jax.lax.top_k picks the lower index on a tie.
+    ids, left = [], probs.copy()
+    for _ in range(k):
+        best = left.argmax(axis=-1)                                           # [T]
+        ids.append(best)
+        left[xp.arange(len(best)), best] = -1.0
+    ids = xp.stack(ids, axis=-1)                                              # [T, k]
     return probs, ids, xp.take_along_axis(probs, ids, axis=-1)
 
 

@@ -50,7 +50,7 @@ _GLOBALS = {
 
 # numpy.dtype(name, ...) is only ever given one of these plain numeric types: an 'O' (object)
 # dtype over mapped bytes would make numpy dereference pointers taken from the file.
-_DTYPE_NAMES = frozenset("b1 i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8 c8 c16".split())
+_DTYPE_NAMES = frozenset("i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8 c8 c16".split())
 
 
 class _Bad(Exception):
@@ -469,7 +469,7 @@ def _reduce(p):
         t = args[0]
         if isinstance(t, _Global) and t.role == "bfloat16":
             p.push(_Dtype(BF16_BITS, True))
-        elif type(t) is str and t.lstrip("<>=|") in _DTYPE_NAMES and len(t) <= 4:
+        elif type(t) is str and (t[1:] if t[:1] in ("<", ">", "=") else t) in _DTYPE_NAMES:
             p.push(_Dtype(np.dtype(t), False))
         else:
             raise _Bad(f"numpy.dtype of {ascii(t)[:40] if type(t) is str else _kind(t)} "

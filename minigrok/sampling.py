@@ -72,6 +72,14 @@ def top_p_filter(logits, top_p):
     return xp.where(logits >= threshold, logits, xp.float32(FILTERED_LOGIT))
 
 
+def check_settings(temperature: float, top_p: float) -> None:
+    """A MinigrokError naming the argument unless temperature >= 0 and top_p in (0, 1]."""
+    if not (isinstance(temperature, (int, float, np.number)) and math.isfinite(temperature)
+            and temperature >= 0):
+        raise MinigrokError(f"temperature must be a finite number >= 0, got {temperature}")
+    _check_top_p(top_p)
+
+
 def sample_token(logits, temperature: float, top_p: float, rng: np.random.Generator):
     """Pick the next token.
 
@@ -82,11 +90,7 @@ def sample_token(logits, temperature: float, top_p: float, rng: np.random.Genera
                  when greedy), so one seed always gives the same tokens.
     returns      an int for [V] logits, an int64 array [B] for [B, V].
     """
-    if not (isinstance(temperature, (int, float, np.number)) and math.isfinite(temperature)
-            and temperature >= 0):
-        raise MinigrokError(f"temperature must be a finite number >= 0, got {temperature}")
-    _check_top_p(top_p)
-
+    check_settings(temperature, top_p)
     if temperature == 0:
         # Greedy: the argmax is unchanged by any positive temperature or by top-p
         # (the top token always survives), so neither needs computing.

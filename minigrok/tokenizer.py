@@ -146,3 +146,21 @@ def stream_piece(sp, ids, printed: str, final: bool = False) -> str:
     # rest after the longest part that still agrees.
     common = len(os.path.commonprefix([text, printed]))
     return text[common:]
+
+
+def stream_text(sp, prompt_ids, new_ids):
+    """Yield the text of ``new_ids`` (an iterator of generated ids) piece by piece.
+
+    The prompt is decoded with them, so the first word keeps its leading space.
+    """
+    ids = list(prompt_ids)
+    printed = decode(sp, ids)
+    for token in new_ids:
+        ids.append(token)
+        piece = stream_piece(sp, ids, printed)
+        printed += piece
+        if piece:
+            yield piece
+    piece = stream_piece(sp, ids, printed, final=True)
+    if piece:
+        yield piece

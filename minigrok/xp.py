@@ -24,3 +24,40 @@ def to_numpy(x) -> numpy.ndarray:
     if xp is numpy:
         return numpy.asarray(x)
     return xp.asnumpy(x)
+
+
+def backend(device: str):
+    """The array module for a device name: ``cpu`` -> numpy, ``cuda`` / ``cuda:N`` -> cupy."""
+    from .errors import MinigrokError
+
+    if device == "cpu":
+        return numpy
+    if device == "cuda" or device.startswith("cuda:"):
+        try:
+            import cupy
+        except ImportError:
+            raise MinigrokError(f"device {device!r} needs CuPy, which is not installed "
+                                "(pip install cupy-cuda12x)") from None
+        try:
+            index = int(device.partition(":")[2] or 0)
+            cupy.cuda.Device(index).use()
+        except ValueError:
+            raise MinigrokError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        except Exception as e:                     # no driver, no such GPU
+            raise MinigrokError(f"device {device!r} is not usable: {e}") from None
+        return cupy
+    raise MinigrokError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+
+
+def to_device(tree, xp):
+    """Copy every array of a parameter tree (dicts, lists, NamedTuples) into ``xp`` arrays.
+
+    For numpy this is free: memory-mapped weights stay memory-mapped.
+    """
+    if isinstance(tree, dict):
+        return {k: to_device(v, xp) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_device(v, xp) for v in tree]
+    if isinstance(tree, tuple):
+        return type(tree)(*(to_device(v, xp) for v in tree))
+    return tree if xp is numpy else xp.asarray(tree)

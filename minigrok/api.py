@@ -1,0 +1,89 @@
+"""The Python API: ``m = minigrok.load(path); m.logits(ids); m.generate("text")``."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import tokenizer as tok
+from .cache import cache_dir
+from .checkpoint import CKPT_DIR, open_checkpoint
+from .config import preset
+from .generate import check_tokens, generate_tokens
+from .make_checkpoint import make_checkpoint
+from .model import forward, model_params
+from .xp import backend, to_device, to_numpy
+
+DEFAULT_PRESET = "tiny"
+
+
+def default_checkpoint(notice=sys.stderr) -> Path:
+    """The built-in ``tiny`` checkpoint, written into the cache the first time it is needed."""
+    path = cache_dir() / f"{DEFAULT_PRESET}-seed0"
+    if not (path / CKPT_DIR).is_dir():
+        if notice:
+            print(f"minigrok: writing the built-in {DEFAULT_PRESET} checkpoint to {path} "
+                  "(once)", file=notice)
+        make_checkpoint(path, preset(DEFAULT_PRESET), seed=0, force=True)
+    if notice:
+        print(f"minigrok: using the built-in {DEFAULT_PRESET} checkpoint: its weights are random, "
+              "so its text is noise. For the real model, download Grok-1 and pass "
+              "--checkpoint /path/to/checkpoints (see README).", file=notice)
+    return path
+
+
+class Model:
+    """An opened checkpoint on a device, with its tokenizer found on first use."""
+
+    def __init__(self, path, device: str = "cpu", tokenizer=None):
+        self.xp = backend(device)
+        self.device = device
+        self.checkpoint = open_checkpoint(path)
+        self.config = self.checkpoint.config
+        self.params = to_device(model_params(self.checkpoint.params, self.config.num_layers),
+                                self.xp)
+        self._tokenizer_path = tokenizer
+        self._sp = None
+
+    @property
+    def tokenizer(self):
+        """The SentencePiece processor (``--tokenizer``, $MINIGROK_TOKENIZER, beside the
+        checkpoint, in the cache, or downloaded)."""
+        if self._sp is None:
+            path = tok.find_tokenizer(self._tokenizer_path, self.checkpoint.root)
+            self._sp = tok.load_tokenizer(path)
+        return self._sp
+
+    def encode(self, text: str) -> list[int]:
+        return tok.encode(self.tokenizer, text)
+
+    def decode(self, ids) -> str:
+        return tok.decode(self.tokenizer, ids)
+
+    def logits(self, ids) -> np.ndarray:
+        """Full-sequence logits, no cache: ids [T] -> float32 numpy [T, V]."""
+        ids = check_tokens(ids, self.config.vocab_size)
+        return to_numpy(forward(self.params, self.config, self.xp.asarray(ids)))
+
+    def generate_ids(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0,
+                     top_p: float = 1.0, seed: int = 0):
+        """Yield new token ids; ``prompt`` is text or a list of token ids."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return generate_tokens(self.params, self.config, ids, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed, xp=self.xp)
+
+    def generate(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0):
+        """Yield the new text piece by piece (see tokenizer.stream_text)."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        return tok.stream_text(self.tokenizer, ids, self.generate_ids(
+            ids, max_new_tokens, temperature, top_p, seed))
+
+
+def load(path=None, device: str = "cpu", tokenizer=None) -> Model:
+    """Open a checkpoint (the folder holding ckpt-0/, or ckpt-0/ itself) on ``device``.
+
+    ``path=None`` uses the built-in tiny checkpoint (random weights), made on first use.
+    """
+    backend(device)                      # an unusable device fails before anything is written
+    return Model(default_checkpoint() if path is None else path, device, tokenizer)

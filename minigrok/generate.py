@@ -1,0 +1,63 @@
+"""Autoregressive generation with a KV cache: prefill the prompt, then one token at a time.
+
+Like the official runner, the prompt is used as given (no BOS is added) and a prompt
+that does not fit the context keeps its *last* tokens. Unlike the official runner, which
+always runs to its length limit, generation stops at the EOS token.
+"""
+
+import warnings
+
+import numpy as np
+
+from .attention import new_cache
+from .errors import MinigrokError
+from .model import forward
+from .sampling import check_settings, sample_token
+
+
+def check_tokens(ids, vocab_size: int) -> list[int]:
+    """Token ids as a list of ints, each in [0, vocab_size); a clear error otherwise."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise MinigrokError("empty prompt: give at least one token")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise MinigrokError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def generate_tokens(params, cfg, prompt, *, max_new_tokens: int, temperature: float = 0.0,
+                    top_p: float = 1.0, seed: int = 0, xp=np):
+    """Yield up to ``max_new_tokens`` new token ids (ints) after ``prompt`` (a list of ids).
+
+    temperature 0 is greedy; otherwise logits / temperature go through the official
+    nucleus filter (top_p) and a token is drawn from a generator seeded with ``seed``.
+    Stops after yielding the EOS token.
+    """
+    prompt = check_tokens(prompt, cfg.vocab_size)
+    if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens < cfg.sequence_len:
+        raise MinigrokError(f"max_new_tokens must be between 0 and {cfg.sequence_len - 1} "
+                            f"(the context is {cfg.sequence_len}), got {max_new_tokens}")
+    check_settings(temperature, top_p)
+    room = cfg.sequence_len - max_new_tokens
+    if len(prompt) > room:
+        warnings.warn(f"prompt of {len(prompt)} tokens does not fit the {cfg.sequence_len}-token "
+                      f"context with {max_new_tokens} new tokens: keeping its last {room}")
+        prompt = prompt[-room:]
+    return _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, xp)
+
+
+def _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, xp):
+    """The generator behind generate_tokens (split off so bad arguments fail at the call)."""
+    if max_new_tokens == 0:
+        return
+    rng = np.random.default_rng(seed)
+    cache = new_cache(cfg.num_layers, len(prompt) + max_new_tokens, cfg.num_kv_heads,
+                      cfg.key_size, xp)
+    logits = forward(params, cfg, xp.asarray(prompt), cache, last_only=True)        # [1, V]
+    for step in range(max_new_tokens):
+        token = int(sample_token(logits[0], temperature, top_p, rng))
+        yield token
+        if token == cfg.eos_token or step == max_new_tokens - 1:
+            return
+        logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True)

@@ -50,8 +50,11 @@ def embed(params, cfg, tokens):
 def unembed(params, cfg, h):
     """h: [T, D] (after the final norm) -> logits [T, V] float32, with the tied embeddings."""
     xp = array_module(h)
-    embeddings = xp.asarray(params["in_out_embed"], dtype=xp.float32)
-    return (h @ embeddings.T) * xp.float32(cfg.output_multiplier_scale)
+    embeddings = xp.asarray(params["in_out_embed"], dtype=xp.float32)               # [V, D]
+    # E @ h.T walks E row by row; h @ E.T is the same product but numpy runs it ~10x
+    # slower when E is a memory map whose payload is not 4-byte aligned in its file.
+    logits = xp.ascontiguousarray((embeddings @ h.T).T)                            # [T, V]
+    return logits * xp.float32(cfg.output_multiplier_scale)
 
 
 def forward(params, cfg, tokens, cache=None, last_only: bool = False):

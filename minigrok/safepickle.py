@@ -58,7 +58,7 @@ class _Bad(Exception):
 
 
 class _Global:
-    __slots__ = ("role", "label")
+    """A whitelisted global: an inert marker for the role it may play, never imported."""
 
     def __init__(self, role, label):
         self.role, self.label = role, label
@@ -66,16 +66,12 @@ class _Global:
 
 class _Bytes:
     """A bytes/bytearray value: its place in the file, or (protocol 2 only) a copy."""
-    __slots__ = ("offset", "length", "copy")
-
     def __init__(self, offset, length, copy=None):
         self.offset, self.length, self.copy = offset, length, copy
 
 
 class _Dtype:
     """numpy.dtype(...) awaiting the BUILD that sets its byte order."""
-    __slots__ = ("dtype", "bf16", "built", "used")
-
     def __init__(self, dtype, bf16):
         self.dtype, self.bf16, self.built, self.used = dtype, bf16, False, False
 
@@ -86,22 +82,22 @@ class _Array:
     Objects that pickle would mutate in place stay mutable here, so a memo reference
     taken before BUILD sees the built object, exactly as with pickle.
     """
-    __slots__ = ("spec",)
-
     def __init__(self, spec=None):
         self.spec = spec
 
 
 class _QW:
-    __slots__ = ("state",)
+    """__main__.QuantizedWeight8bit(): its __dict__, filled by BUILD."""
 
     def __init__(self):
         self.state = {}
 
 
 def _kind(v):
-    return {_Global: "global", _Bytes: "bytes", _Dtype: "dtype", _Array: "array",
-            _QW: "QuantizedWeight8bit"}.get(type(v), type(v).__name__)
+    """'an int', 'a dtype': what a value is, for messages (never its repr: it may be huge)."""
+    n = {_Global: "global", _Bytes: "bytes value", _Dtype: "dtype", _Array: "array",
+         _QW: "QuantizedWeight8bit", type(None): "None"}.get(type(v), type(v).__name__)
+    return ("an " if n[0] in "aeiou" else "a ") + n
 
 
 def _shape(v, what="shape"):
@@ -248,7 +244,7 @@ class _Parser:
 
     def finish_array(self, v, what):
         if not isinstance(v, _Array):
-            raise _Bad(f"{what} holds a {_kind(v)}, not an array")
+            raise _Bad(f"{what} holds {_kind(v)}, not an array")
         if v.spec is None:
             raise _Bad(f"{what} holds an array that never got its contents (no BUILD)")
 
@@ -377,12 +373,12 @@ _op(b"}")(lambda p: p.push({}))
 
 def _setitems(p, d, items):
     if type(d) is not dict:
-        raise _Bad(f"{p.opname} on a {_kind(d)}, not a dict")
+        raise _Bad(f"{p.opname} on {_kind(d)}, not a dict")
     if len(items) % 2:
         raise _Bad(f"{p.opname} with an odd number of items")
     for k, v in zip(items[::2], items[1::2]):
         if type(k) is not str:
-            raise _Bad(f"dict key is a {_kind(k)}, not a str")
+            raise _Bad(f"dict key is {_kind(k)}, not a str")
         d[k] = v
 
 
@@ -430,14 +426,14 @@ def _stack_global(p):
 
 def _dtype_of(p, v):
     if not isinstance(v, _Dtype):
-        raise _Bad(f"expected a dtype, got a {_kind(v)}")
+        raise _Bad(f"expected a dtype, got {_kind(v)}")
     v.used = True       # numpy shares the object: a later BUILD would change this array
     return v.dtype
 
 
 def _array_spec(p, b, dtype, shape, order, axes=None):
     if not isinstance(b, _Bytes):
-        raise _Bad(f"array data is a {_kind(b)}, not bytes")
+        raise _Bad(f"array data is {_kind(b)}, not bytes")
     n = dtype.itemsize
     for d in shape:
         n *= d
@@ -455,7 +451,7 @@ def _array_spec(p, b, dtype, shape, order, axes=None):
 def _reduce(p):
     fn, args = p.pop(2)
     if not isinstance(fn, _Global) or type(args) is not tuple:
-        raise _Bad(f"REDUCE of a {_kind(fn)} with {_kind(args)} arguments")
+        raise _Bad(f"REDUCE of {_kind(fn)} with {_kind(args)} as arguments")
     role, n = fn.role, len(args)
     if role == "reconstruct":        # _reconstruct(ndarray, (0,), b'b'): an empty array
         if not (n == 3 and isinstance(args[0], _Global) and args[0].role == "ndarray"
@@ -464,8 +460,9 @@ def _reduce(p):
             raise _Bad(f"{fn.label} called with unexpected arguments")
         p.push(_Array())
     elif role == "dtype":            # numpy.dtype('f4' | ml_dtypes.bfloat16, False, True)
-        if not (n == 3 and type(args[1]) is bool and type(args[2]) is bool):
-            raise _Bad("numpy.dtype called with unexpected arguments")
+        # copy=True as pickle writes it: numpy ignores BUILD on a shared, uncopied dtype
+        if not (n == 3 and args[1] is False and args[2] is True):
+            raise _Bad("numpy.dtype called with arguments other than (type, False, True)")
         t = args[0]
         if isinstance(t, _Global) and t.role == "bfloat16":
             p.push(_Dtype(BF16_BITS, True))
@@ -504,7 +501,7 @@ def _reduce(p):
 def _newobj(p):
     cls, args = p.pop(2)
     if not (isinstance(cls, _Global) and cls.role == "qw" and args == ()):
-        raise _Bad(f"NEWOBJ of a {_kind(cls)}: only QuantizedWeight8bit() is allowed")
+        raise _Bad(f"NEWOBJ of {_kind(cls)}: only QuantizedWeight8bit() is allowed")
     p.push(_QW())
 
 
@@ -537,7 +534,7 @@ def _build(p):
                                "F" if state[3] else "C")
     elif isinstance(obj, _QW):       # the dataclass's __dict__
         if type(state) is not dict:
-            raise _Bad(f"QuantizedWeight8bit state is a {_kind(state)}, not a dict")
+            raise _Bad(f"QuantizedWeight8bit state is {_kind(state)}, not a dict")
         obj.state.update(state)
     else:
-        raise _Bad(f"BUILD of a {_kind(obj)}")
+        raise _Bad(f"BUILD of {_kind(obj)}")

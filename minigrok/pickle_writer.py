@@ -213,7 +213,7 @@ def array_value(shape, dtype, write, bfloat16=False, module=RECONSTRUCT_MODULE):
 
 def array_of(a, bfloat16=False, module=RECONSTRUCT_MODULE):
     """``array_value`` for an in-memory array (bf16 given as its uint16 bits)."""
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")                     # (ascontiguousarray would make 0-d 1-d)
     return array_value(a.shape, a.dtype, lambda f: f.write(a.tobytes()), bfloat16, module)
 
 

@@ -65,24 +65,17 @@ def quantize(w, blocks: int = 1):
     return QuantizedWeight8bit(q.reshape(w.shape), scales)
 
 
-def row_scales(qw):
-    """The fp32 scale of every weight row: [..., B, out] -> [..., in, out] as a broadcastable view."""
-    *lead, n_in, n_out = qw.weight.shape
-    blocks = qw.scales.shape[-2]
-    s = bf16_to_f32(qw.scales)[..., :, None, :]                  # [..., B, 1, out]
-    return s, blocks, n_in // blocks
-
-
 def dequantize(qw):
-    """QuantizedWeight8bit -> float32 [..., in, out]: weight * its block's scale.
+    """QuantizedWeight8bit -> float32 [..., in, out]: every row times its block's scales.
 
     The official code multiplies in bf16 (rounding the product); minigrok keeps fp32.
     """
     xp = array_module(qw.weight)
-    s, blocks, rows = row_scales(qw)
     *lead, n_in, n_out = qw.weight.shape
-    w = xp.asarray(qw.weight).reshape(*lead, blocks, rows, n_out).astype(xp.float32)
-    return (w * s).reshape(*lead, n_in, n_out)
+    blocks = qw.scales.shape[-2]
+    w = xp.asarray(qw.weight).reshape(*lead, blocks, n_in // blocks, n_out)   # [..., B, rows, out]
+    s = bf16_to_f32(xp.asarray(qw.scales))[..., :, None, :]                  # [..., B, 1, out]
+    return (w.astype(xp.float32) * s).reshape(*lead, n_in, n_out)
 
 
 def matmul(x, qw, chunk_rows: int = 1024):

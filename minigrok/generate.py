@@ -17,9 +17,13 @@ from .sampling import check_settings, sample_token
 
 def check_tokens(ids, vocab_size: int) -> list[int]:
     """Token ids as a list of ints, each in [0, vocab_size); a clear error otherwise."""
-    ids = [int(i) for i in ids]
+    ids = list(ids)
     if not ids:
-        raise MinigrokError("empty prompt: give at least one token")
+        raise MinigrokError("no tokens: give at least one token id")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        bad = next(i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool))
+        raise MinigrokError(f"token ids must be integers, got {bad!r}")
+    ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
         raise MinigrokError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")

@@ -28,7 +28,7 @@ from .quant import QuantizedWeight8bit
 # ml_dtypes at run time).
 BF16_BITS = np.dtype("<u2", metadata={"format": "bfloat16"})
 
-MAX_OPCODES = 100_000    # a real tensor file has under a hundred; bounds time and memory
+MAX_OPCODES = 100_000    # a real tensor file has about a hundred; bounds time and memory
 MAX_LINE = 256           # GLOBAL / PUT / GET take a newline-terminated argument
 MAX_NDIM = 32
 
@@ -424,14 +424,14 @@ def _stack_global(p):
 
 # calls: interpreted here for the whitelisted callables, nothing is ever called
 
-def _dtype_of(p, v):
+def _dtype_of(v):
     if not isinstance(v, _Dtype):
         raise _Bad(f"expected a dtype, got {_kind(v)}")
     v.used = True       # numpy shares the object: a later BUILD would change this array
     return v.dtype
 
 
-def _array_spec(p, b, dtype, shape, order, axes=None):
+def _array_spec(b, dtype, shape, order, axes=None):
     if not isinstance(b, _Bytes):
         raise _Bad(f"array data is {_kind(b)}, not bytes")
     n = dtype.itemsize
@@ -474,7 +474,7 @@ def _reduce(p):
     elif role == "frombuffer":       # protocol 5: _frombuffer(buf, dtype, shape, order[, axes])
         if n not in (4, 5):
             raise _Bad(f"{fn.label} called with {n} arguments")
-        dtype, shape = _dtype_of(p, args[1]), _shape(args[2])
+        dtype, shape = _dtype_of(args[1]), _shape(args[2])
         order, axes = args[3], None
         if n == 5 and order == "K":  # a permuted layout: C-order data, then transposed
             axes = _shape(args[4], "axis order")
@@ -483,7 +483,7 @@ def _reduce(p):
             order = "C"
         elif order not in ("C", "F") or (n == 5 and args[4] is not None):
             raise _Bad(f"{fn.label} with order {ascii(order)[:10]}")
-        p.push(_Array(_array_spec(p, args[0], dtype, shape, order, axes)))
+        p.push(_Array(_array_spec(args[0], dtype, shape, order, axes)))
     elif role == "encode":           # protocol 2 bytes: _codecs.encode(str, 'latin1')
         if not (n == 2 and type(args[0]) is str and args[1] == "latin1"):
             raise _Bad("_codecs.encode allowed only as (str, 'latin1')")
@@ -510,6 +510,9 @@ def _build(p):
     state = p.pop()
     obj = p.top()
     if isinstance(obj, _Dtype):      # (3, byteorder, None, None, None, elsize, align, flags)
+        # Only the byte order is used. The type is fixed by its whitelisted name; size,
+        # alignment and flags are ignored, numpy would believe them (crafted flags are how
+        # a pickle makes numpy treat raw data as object pointers).
         if not (type(state) is tuple and len(state) == 8 and state[0] == 3
                 and state[2:5] == (None, None, None)
                 and all(type(x) is int for x in state[5:])):
@@ -530,7 +533,7 @@ def _build(p):
             raise _Bad("array state is not (1, shape, dtype, bool, data)")
         if obj.spec is not None:
             raise _Bad("array BUILD twice")
-        obj.spec = _array_spec(p, state[4], _dtype_of(p, state[2]), _shape(state[1]),
+        obj.spec = _array_spec(state[4], _dtype_of(state[2]), _shape(state[1]),
                                "F" if state[3] else "C")
     elif isinstance(obj, _QW):       # the dataclass's __dict__
         if type(state) is not dict:

@@ -262,3 +262,13 @@ def test_greedy_generation_on_tiny_and_api_agree(tiny):
         assert token == int(np.argmax(tiny.logits(seq)[-1]))
         seq.append(token)
     assert len(new) == 4 or new[-1] == tiny.config.eos_token
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_last_tokens(small):
+    # A context of 12 with 4 new tokens leaves room for 8 prompt tokens.
+    cfg = dataclasses.replace(small.config, sequence_len=12)
+    prompt = [int(t) for t in np.random.default_rng(3).integers(3, cfg.vocab_size, 20)]
+    with pytest.warns(UserWarning, match="keeping its last 8"):
+        cut = list(generate_tokens(small.params, cfg, prompt, max_new_tokens=4))
+    assert cut == list(generate_tokens(small.params, cfg, prompt[-8:], max_new_tokens=4))
+    assert cut != list(generate_tokens(small.params, cfg, prompt[:8], max_new_tokens=4))

@@ -49,7 +49,8 @@ def attention_weights(q, k, keep, offset: int, multiplier: float):
 
 
 def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: int,
-              key_size: int, multiplier: float, keep, offset: int = 0, cache=None, layer: int = 0):
+              key_size: int, multiplier: float, keep, offset: int = 0, cache=None, layer: int = 0,
+              trace: dict | None = None):
     """Self-attention of x over itself and, with a cache, over everything cached before it.
 
     x: [T, D] (already normed), tokens at positions offset..offset+T-1; keep: [T] bool, which
@@ -57,6 +58,11 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
     ([D, H*d], [D, K*d], [D, K*d], [H*d, D]). With a cache, the new keys/values are written
     at [offset, offset+T) of cache layer ``layer`` and all of [0, offset+T) is attended.
     Returns [T, D] float32.
+
+    ``trace``, when given, receives the intermediates (and nothing else changes): q [T, H, d]
+    and k [T, K, d] after RoPE, v [T, K, d] (this call's tokens only), attn_probs [H, T, S]
+    (query head h = kv head h // G, group slot h % G) and attn_context [T, H*d] (weights @ v,
+    heads flattened, before the output projection).
     """
     xp = array_module(x)
     T, G = x.shape[0], num_q_heads // num_kv_heads
@@ -64,6 +70,8 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
     q = apply_rope(quant.linear(x, query).reshape(T, num_q_heads, key_size), positions)   # [T, H, d]
     k = apply_rope(quant.linear(x, key).reshape(T, num_kv_heads, key_size), positions)    # [T, K, d]
     v = quant.linear(x, value).reshape(T, num_kv_heads, key_size)                         # [T, K, d]
+    if trace is not None:
+        trace.update(q=q, k=k, v=v)
     if cache is not None:
         end = offset + T
         cache["k"][layer, offset:end], cache["v"][layer, offset:end] = k, v
@@ -74,4 +82,6 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
     probs = attention_weights(q.reshape(T, num_kv_heads, G, key_size), k, keep, offset,
                               multiplier)                                           # [K, G, T, S]
     out = xp.einsum("kgts,skd->tkgd", probs, v).reshape(T, num_q_heads * key_size)  # [T, H*d]
+    if trace is not None:
+        trace.update(attn_probs=probs.reshape(num_q_heads, T, -1), attn_context=out)
     return quant.linear(out, linear)                                                # [T, D]

@@ -117,6 +117,29 @@ def cmd_logits(args):
         raise MinigrokError(f"{out}: cannot write ({e.strerror})") from None
 
 
+def cmd_bench(args):
+    import json
+
+    from .bench import bench
+
+    if args.prompt_len < 1 or args.new_tokens < 0:
+        raise MinigrokError("--prompt-len must be at least 1 and --new-tokens at least 0")
+    r = bench(args.checkpoint, args.prompt_len, args.new_tokens, args.device)
+    if args.json:
+        print(json.dumps(r))
+        return
+    print(f"checkpoint      {args.checkpoint} ({r['num_layers']} layers, {args.device})")
+    print(f"load            {r['load_s']:.2f} s (time to first token {r['ttft_s']:.2f} s)")
+    print(f"prefill         {r['prefill_tok_s']:.1f} tokens/s ({r['prompt_len']} tokens)")
+    if r["new_tokens"]:
+        print(f"decode          {r['decode_tok_s']:.2f} tokens/s ({r['new_tokens']} tokens)")
+        print(f"streamed        {r['weight_gb_per_token']:.3f} GB int8 + "
+              f"{r['embedding_gb_per_token']:.3f} GB fp32 embeddings per token = "
+              f"{r['effective_gb_s']:.2f} GB/s (float32 GEMV on this machine: {r['gemv_gb_s']} GB/s)")
+    print(f"peak memory     {r['peak_rss_mb']:.0f} MB resident, {r['peak_anon_mb']:.0f} MB anonymous "
+          "(memory-mapped weights count only in the first)")
+
+
 def cmd_tokenize(args):
     from .tokenizer import encode, find_tokenizer, load_tokenizer
 
@@ -177,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npy file")
     s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     s.set_defaults(func=cmd_logits)
+
+    s = sub.add_parser("bench", help="load time, prefill and decode speed, peak memory")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--prompt-len", type=int, default=16)
+    s.add_argument("--new-tokens", type=int, default=16)
+    s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    s.add_argument("--json", action="store_true", help="one JSON line instead of the table")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("tokenize", help="token ids and pieces of a text")
     s.add_argument("text")

@@ -9,6 +9,8 @@ own multiplier. Computation is float32 throughout; the official code runs activa
 bfloat16, which is why the two agree to ~0.5% rather than to the last bit.
 """
 
+import numpy as np
+
 from .checkpoint import EMBEDDINGS, FINAL_NORM, layer_prefix
 from .layer import decoder_layer
 from .rmsnorm import rms_norm
@@ -50,28 +52,50 @@ def embed(params, cfg, tokens):
 def unembed(params, cfg, h):
     """h: [T, D] (after the final norm) -> logits [T, V] float32, with the tied embeddings."""
     xp = array_module(h)
-    embeddings = xp.asarray(params["in_out_embed"], dtype=xp.float32)               # [V, D]
-    # E @ h.T walks E row by row; h @ E.T is the same product but numpy runs it ~10x
-    # slower when E is a memory map whose payload is not 4-byte aligned in its file.
-    logits = xp.ascontiguousarray((embeddings @ h.T).T)                            # [T, V]
+    embeddings = params["in_out_embed"]                                           # [V, D]
+    if xp is not np or embeddings.flags.aligned:
+        return (h @ embeddings.T) * xp.float32(cfg.output_multiplier_scale)
+    logits = xp.empty((h.shape[0], embeddings.shape[0]), dtype=xp.float32)        # [T, V]
+    # A checkpoint's float32 payload starts wherever its pickle header ends, often not on a
+    # 4-byte boundary, and numpy multiplies such an unaligned memory map ~10x slower than
+    # aligned memory (xp.to_device copies the small ones). A large one (the real model's
+    # 3.2 GB) is copied through an aligned buffer a few MB at a time instead.
+    step = max(1, (1 << 22) // embeddings.shape[1])
+    buf = xp.empty((min(step, embeddings.shape[0]), embeddings.shape[1]), dtype=xp.float32)
+    for r0 in range(0, embeddings.shape[0], step):
+        rows = buf[:min(step, embeddings.shape[0] - r0)]
+        rows[...] = xp.asarray(embeddings[r0:r0 + len(rows)])
+        logits[:, r0:r0 + len(rows)] = h @ rows.T
     return logits * xp.float32(cfg.output_multiplier_scale)
 
 
-def forward(params, cfg, tokens, cache=None, last_only: bool = False):
+def forward(params, cfg, tokens, cache=None, last_only: bool = False, trace: dict | None = None):
     """Logits for ``tokens``: [T] int (on the parameters' device) -> [T, V] float32.
 
     Without a cache the tokens are the whole sequence. With a cache (attention.new_cache)
     they continue what it holds: they sit at positions cache["length"]... and the cache is
     extended in place. ``last_only`` returns just the last position's logits, [1, V].
+
+    ``trace``, when given, receives the intermediates and changes nothing else:
+    "embeddings" [T, D], "layers" {index: that layer's dict (see decoder_layer)} and
+    "final_norm" [T, D] (or [1, D] with last_only). Put a "layers" dict in beforehand, e.g.
+    {3: {}, 4: {}}, to record only those layers (each trace holds [H, T, S] probabilities).
     """
     offset = 0 if cache is None else cache["length"]
     # The official mask is ``tokens > pad_token``: pad keys are never attended to.
     keep = tokens > cfg.pad_token
     h = embed(params, cfg, tokens)
+    if trace is not None:
+        trace["embeddings"] = h
+        layer_traces = trace.setdefault("layers", {i: {} for i in range(len(params["layers"]))})
     for i, layer in enumerate(params["layers"]):
-        h = decoder_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=i)
+        h = decoder_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=i,
+                          trace=None if trace is None else layer_traces.get(i))
     if cache is not None:
         cache["length"] = offset + len(tokens)
     if last_only:
         h = h[-1:]
-    return unembed(params, cfg, rms_norm(h, params["rms_norm"]))
+    h = rms_norm(h, params["rms_norm"])
+    if trace is not None:
+        trace["final_norm"] = h
+    return unembed(params, cfg, h)

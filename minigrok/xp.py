@@ -49,10 +49,17 @@ def backend(device: str):
     raise MinigrokError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
 
 
+# A checkpoint's array payload starts wherever its pickle header ends, so a float32 array read
+# in place is often not 4-byte aligned, and numpy computes on unaligned arrays far slower
+# (no BLAS). Arrays up to this size are copied into aligned memory when a model is loaded;
+# larger ones (the real embedding matrix, 3.2 GB) stay memory-mapped and are streamed.
+ALIGN_COPY_BYTES = 256 << 20
+
+
 def to_device(tree, xp):
     """Copy every array of a parameter tree (dicts, lists, NamedTuples) into ``xp`` arrays.
 
-    For numpy this is free: memory-mapped weights stay memory-mapped.
+    For numpy, memory-mapped weights stay memory-mapped, except small unaligned ones.
     """
     if isinstance(tree, dict):
         return {k: to_device(v, xp) for k, v in tree.items()}
@@ -60,4 +67,8 @@ def to_device(tree, xp):
         return [to_device(v, xp) for v in tree]
     if isinstance(tree, tuple):
         return type(tree)(*(to_device(v, xp) for v in tree))
-    return tree if xp is numpy else xp.asarray(tree)
+    if xp is not numpy:
+        return xp.asarray(tree)
+    if not tree.flags.aligned and tree.nbytes <= ALIGN_COPY_BYTES:
+        return numpy.array(tree)
+    return tree

@@ -1,0 +1,119 @@
+"""``minigrok bench``: how fast a checkpoint loads, prefills and decodes, and how much memory it takes.
+
+Memory is sampled from /proc/self/status while the model runs: VmRSS (everything resident,
+including the pages of the memory-mapped weights that were read) and RssAnon (memory minigrok
+itself allocated: activations, the KV cache, temporary buffers). A memory-mapped checkpoint
+should leave RssAnon small however large the model is.
+
+Decode speed is put next to the machine's memory bandwidth, measured in the same run as a
+float32 vector times a 1 GiB matrix: decoding a token must read every active int8 weight
+once, so ``active bytes / bandwidth`` is the floor on the time per token.
+"""
+
+import contextlib
+import threading
+import time
+
+import numpy as np
+
+from .attention import new_cache
+from .checkpoint import active_int8_bytes
+from .model import forward
+from .xp import backend, to_numpy
+
+
+def _status_mb() -> dict:
+    """{'VmRSS': MB, 'RssAnon': MB} of this process (zeros where /proc is missing)."""
+    out = {"VmRSS": 0.0, "RssAnon": 0.0}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in out:
+                    out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+@contextlib.contextmanager
+def peak_memory(interval: float = 0.005):
+    """Yield a dict whose 'rss_mb' / 'anon_mb' hold the peaks seen while the block runs."""
+    peaks = {"rss_mb": 0.0, "anon_mb": 0.0}
+    stop = threading.Event()
+
+    def sample():
+        while True:
+            now = _status_mb()
+            peaks["rss_mb"] = max(peaks["rss_mb"], now["VmRSS"])
+            peaks["anon_mb"] = max(peaks["anon_mb"], now["RssAnon"])
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join()
+        sample_once = _status_mb()
+        peaks["rss_mb"] = max(peaks["rss_mb"], sample_once["VmRSS"])
+        peaks["anon_mb"] = max(peaks["anon_mb"], sample_once["RssAnon"])
+
+
+def gemv_bandwidth(xp=np, gib: float = 1.0, repeats: int = 5) -> float:
+    """GB/s at which ``float32 vector @ matrix`` streams a ``gib`` GiB matrix (best of repeats)."""
+    n = int((gib * 2**30 / 4) ** 0.5)
+    a = xp.ones((n, n), dtype=xp.float32)
+    v = xp.ones(n, dtype=xp.float32)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        to_numpy((v @ a)[:1])                       # [:1] syncs a GPU without copying it all
+        best = min(best, time.perf_counter() - t)
+    del a
+    return n * n * 4 / best / 1e9
+
+
+def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = "cpu",
+          bandwidth: bool = True) -> dict:
+    """Measure one checkpoint; returns the figures ``minigrok bench --json`` prints."""
+    from .api import Model
+
+    xp = backend(device)
+    result = {"device": device, "prompt_len": prompt_len, "new_tokens": new_tokens}
+    if bandwidth:
+        result["gemv_gb_s"] = round(gemv_bandwidth(xp), 2)
+    with peak_memory() as peaks:
+        t0 = time.perf_counter()
+        m = Model(checkpoint, device)
+        result["load_s"] = time.perf_counter() - t0
+        cfg = m.config
+        # A fixed, pad-free prompt: the same work on every run.
+        prompt = xp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, prompt_len))
+        cache = new_cache(cfg.num_layers, prompt_len + new_tokens, cfg.num_kv_heads,
+                          cfg.key_size, xp)
+        t0 = time.perf_counter()
+        logits = forward(m.params, cfg, prompt, cache, last_only=True)
+        token = int(to_numpy(logits[0].argmax()))
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = forward(m.params, cfg, xp.asarray([token]), cache, last_only=True)
+            token = int(to_numpy(logits[0].argmax()))
+        decode = time.perf_counter() - t0
+    per_token = active_int8_bytes(cfg) / 1e9
+    result.update(
+        ttft_s=result["load_s"] + prefill,
+        prefill_tok_s=prompt_len / prefill,
+        decode_tok_s=new_tokens / decode if new_tokens else None,
+        peak_rss_mb=peaks["rss_mb"], peak_anon_mb=peaks["anon_mb"],
+        weight_gb_per_token=per_token,
+        embedding_gb_per_token=cfg.vocab_size * cfg.emb_size * 4 / 1e9,
+        num_layers=cfg.num_layers)
+    if new_tokens:
+        # Bytes a decode step must stream: the active int8 weights and the fp32 embedding.
+        streamed = per_token + result["embedding_gb_per_token"]
+        result["effective_gb_s"] = streamed * new_tokens / decode
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}

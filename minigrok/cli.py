@@ -5,6 +5,7 @@ and exit code 2; nothing else is caught, so a real bug keeps its traceback.
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -33,8 +34,10 @@ def cmd_make_checkpoint(args):
 
     out = make_checkpoint(args.out, cfg, seed=args.seed, force=args.force,
                           progress=progress if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     print(f"wrote {out} ({args.preset}, {cfg.num_layers} layers, seed {args.seed}) "
-          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr if sys.stderr.isatty() else sys.stdout)
+          f"in {time.perf_counter() - t0:.1f} s")
 
 
 def cmd_inspect(args):
@@ -49,7 +52,7 @@ def cmd_inspect(args):
     for r in rows:
         print(line.format(*r))
     cfg = ck.config
-    n_params = sum(_count(s.shape) for s in ck.specs)
+    n_params = sum(math.prod(s.shape) for s in ck.specs)
     on_disk = sum(r[6] for r in rows)
     active = active_int8_bytes(cfg)
     embed = cfg.vocab_size * cfg.emb_size * 4
@@ -140,6 +143,88 @@ def cmd_bench(args):
           "(memory-mapped weights count only in the first)")
 
 
+def cmd_golden(args):
+    from . import golden
+
+    def refuse(*flags):
+        for flag in flags:
+            if getattr(args, flag.lstrip("-").replace("-", "_")) is not None:
+                raise MinigrokError(f"golden {args.mode or ''}: {flag} does not apply here "
+                                    "(see minigrok golden --help)".replace("  ", " "))
+
+    if args.mode is None:                                # write a golden file
+        if args.files:
+            raise MinigrokError(f"golden: unexpected argument {args.files[0]!r} (to check a "
+                                "file: golden verify FILE --checkpoint DIR)")
+        missing = [f for f in ("--checkpoint", "--tokens", "--out")
+                   if getattr(args, f[2:]) is None]
+        if missing:
+            raise MinigrokError(f"golden: {', '.join(missing)} required (golden --checkpoint DIR "
+                                "--tokens IDS --out FILE.npz [--layers A-B])")
+        refuse("--profile")
+        arrays = golden.make(args.checkpoint, _token_list(args.tokens), args.layers)
+        out = golden.write(args.out, arrays)
+        print(f"wrote {out}: {len(arrays)} arrays, {len(arrays['tokens'])} tokens, "
+              f"{len(arrays) - 5} per-layer arrays, {_human(out.stat().st_size)}")
+    elif args.mode == "verify":
+        if len(args.files) != 1 or args.checkpoint is None:
+            raise MinigrokError("golden verify: give one file and --checkpoint DIR "
+                                "(golden verify FILE.npz --checkpoint DIR)")
+        refuse("--tokens", "--out", "--layers", "--profile")
+        ok, line = golden.verify(args.files[0], args.checkpoint)
+        print(line)
+        if not ok:
+            raise SystemExit(1)
+    else:
+        if len(args.files) != 2:
+            raise MinigrokError("golden compare: give two files (golden compare EXPECTED.npz "
+                                "ACTUAL.npz)")
+        refuse("--checkpoint", "--tokens", "--out", "--layers")
+        expected, actual = (golden.read(f) for f in args.files)
+        rows = golden.compare(expected, actual, args.profile or "float32")
+        if not rows:
+            raise MinigrokError(f"golden compare: {args.files[0]} and {args.files[1]} share no "
+                                "array name (see docs/golden-format.md for the names)")
+        print(golden.table(rows))
+        print()
+        for label, a, b in (("EXPECTED", expected, actual), ("ACTUAL", actual, expected)):
+            only = sorted(set(a) - set(b) - {"meta"}, key=golden.model_order)
+            if only:
+                print(f"only in {label} (not compared): {len(only)}: {', '.join(only[:4])}"
+                      + (", ..." if len(only) > 4 else ""))
+        bad = golden.first_failure(rows)
+        if bad is None:
+            print(f"all {len(rows)} shared arrays within the {args.profile or 'float32'} "
+                  "tolerances")
+            return
+        ties = [r["name"] for r in rows[:rows.index(bad)] if r["status"] == "tie"]
+        print(f"first failing stage: {golden.describe(bad)}" +
+              (f"; after a near-tie routing difference at {ties[0]}" if ties else ""))
+        raise SystemExit(1)
+
+
+def cmd_exercises(args):
+    from . import exercises
+
+    if args.action == "list":
+        for name in exercises.names():
+            print(name)
+        return
+    ex = exercises.get(args.name)
+    if args.reference:
+        ok = exercises.check(ex.name, ex.reference)
+    else:
+        path = Path(args.file) if args.file else exercises.stub_path(ex.name)
+        if not args.file and not path.is_file():
+            raise MinigrokError(
+                f"--file is required: the exercise stubs are not beside this installation of "
+                f"minigrok (no {path}); copy lessons/exercises/{ex.name}.py from the "
+                f"repository, fill it in, and pass --file path/to/{ex.name}.py")
+        ok = exercises.check(ex.name, path=path)
+    if not ok:
+        raise SystemExit(1)
+
+
 def cmd_tokenize(args):
     from .tokenizer import encode, find_tokenizer, load_tokenizer
 
@@ -148,13 +233,6 @@ def cmd_tokenize(args):
     print(",".join(str(i) for i in ids))
     for i in ids:
         print(f"{i:>7}  {sp.id_to_piece(i)!r}")
-
-
-def _count(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,6 +292,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", help="path of tokenizer.model")
     s.add_argument("--checkpoint", help="look for tokenizer.model beside this checkpoint")
     s.set_defaults(func=cmd_tokenize)
+
+    s = sub.add_parser(
+        "golden", help="golden vectors: every intermediate as .npz; verify; compare",
+        usage="minigrok golden --checkpoint DIR --tokens IDS --out FILE.npz [--layers A-B]\n"
+              "       minigrok golden verify FILE.npz --checkpoint DIR\n"
+              "       minigrok golden compare EXPECTED.npz ACTUAL.npz [--profile P]",
+        description="Write, check or compare golden vectors (docs/golden-format.md).")
+    s.add_argument("mode", nargs="?", choices=("verify", "compare"),
+                   help="omit to write a file; verify: recompute and compare; compare: two files")
+    s.add_argument("files", nargs="*", help=argparse.SUPPRESS)
+    s.add_argument("--checkpoint", help="checkpoint folder (write, verify)")
+    s.add_argument("--tokens", help="comma-separated token ids, e.g. 5,17,300 (write)")
+    s.add_argument("--out", help="output .npz file (write)")
+    s.add_argument("--layers", help="only these layers' stages, A-B inclusive (write)")
+    s.add_argument("--profile", choices=("float32", "bfloat16"),
+                   help="tolerances for compare: float32 (default) or bfloat16 ports")
+    s.set_defaults(func=cmd_golden)
+
+    s = sub.add_parser("exercises", help="classroom exercises: list them, check a solution",
+                       description="Exercises: write one Grok-1 step in lessons/exercises/NAME.py, "
+                       "then check it against minigrok's own (exit 0 only when it passes).")
+    e = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e.add_parser("list", help="the exercise names, one per line")
+    c = e.add_parser("check", help="check a solution with hypothesis properties")
+    c.add_argument("name", help="exercise name (see: minigrok exercises list)")
+    w = c.add_mutually_exclusive_group()
+    w.add_argument("--file", help="the student's file (default: lessons/exercises/NAME.py)")
+    w.add_argument("--reference", action="store_true",
+                   help="check minigrok's own implementation instead (it must pass)")
+    s.set_defaults(func=cmd_exercises)
     return p
 
 

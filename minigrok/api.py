@@ -10,7 +10,7 @@ from .cache import cache_dir
 from .checkpoint import CKPT_DIR, open_checkpoint
 from .config import preset
 from .generate import check_tokens, generate_tokens
-from .make_checkpoint import make_checkpoint
+from .make_checkpoint import RECIPE, make_checkpoint
 from .model import forward, model_params
 from .xp import backend, to_device, to_numpy
 
@@ -19,7 +19,7 @@ DEFAULT_PRESET = "tiny"
 
 def default_checkpoint(notice=sys.stderr) -> Path:
     """The built-in ``tiny`` checkpoint, written into the cache the first time it is needed."""
-    path = cache_dir() / f"{DEFAULT_PRESET}-seed0"
+    path = cache_dir() / f"{DEFAULT_PRESET}-recipe{RECIPE}-seed0"
     if not (path / CKPT_DIR).is_dir():
         if notice:
             print(f"minigrok: writing the built-in {DEFAULT_PRESET} checkpoint to {path} "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import minigrok
+from minigrok.make_checkpoint import RECIPE
 
 from conftest import run_cli, tokenizer_path
 
@@ -73,7 +74,7 @@ def test_default_checkpoint_is_written_to_the_cache(tiny_dir, tmp_path, env):
     r = run_cli("generate", "--prompt-tokens", "5,17", "--max-new-tokens", "4",
                 env=dict(env, MINIGROK_CACHE=str(cache)))
     assert r.returncode == 0, r.stderr
-    assert (cache / "tiny-seed0" / "ckpt-0").is_dir()
+    assert (cache / f"tiny-recipe{RECIPE}-seed0" / "ckpt-0").is_dir()
     assert re.search(r"^minigrok: .*random", r.stderr, re.M), r.stderr
     assert len(TIMING.findall(r.stderr)) == 1
     # the built-in checkpoint is the tiny preset with seed 0: the same text as tiny_dir

@@ -1,0 +1,101 @@
+# %% [markdown]
+# # Lesson 10: the decoder layer
+#
+# **Goal.** Assemble lessons 05 to 09 into one Grok-1 layer, by hand, and check it against
+# minigrok's `decoder_layer` to the last bit.
+#
+# **The idea.** Two residual blocks, each in a sandwich of RMSNorms:
+#
+# $$\begin{aligned}
+# a &= \mathrm{attention}(\mathrm{rms\_norm}(h)), & h' &= h + \mathrm{rms\_norm\_1}(a),\\
+# m &= \mathrm{moe}(\mathrm{rms\_norm\_2}(h')), & h'' &= h' + \mathrm{rms\_norm\_3}(m).
+# \end{aligned}$$
+#
+# The layer's parameters, by their official names: `multi_head_attention/{query, key, value,
+# linear}`, `moe/{linear, linear_v, linear_1}`, `router`, and the four norm scales
+# `rms_norm`, `rms_norm_1`, `rms_norm_2`, `rms_norm_3` (named in the order the official code
+# creates them, which is also the order of their files).
+#
+# **The code.** `minigrok/layer.py`: `decoder_layer`; `minigrok/model.py`: `layer_params`
+# (the nested dict of one layer's parameters, built from the flat checkpoint by name).
+
+# %%
+import _common as C
+import numpy as np
+from minigrok.attention import attention
+from minigrok.layer import decoder_layer
+from minigrok.model import embed, layer_params
+from minigrok.moe import moe
+from minigrok.rmsnorm import rms_norm
+
+args = C.setup(10, "the decoder layer")
+model = C.load(args)
+cfg, params = model.config, model.params
+tokens = C.tokens_for(cfg)
+keep = tokens > cfg.pad_token
+layer = params["layers"][0]
+
+
+def show(tree, indent="  "):
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            print(f"{indent}{name}/")
+            show(value, indent + "  ")
+        elif hasattr(value, "scales"):
+            print(f"{indent}{name:<12} int8 {list(value.weight.shape)}, scales {list(value.scales.shape)}")
+        else:
+            print(f"{indent}{name:<12} {np.asarray(value).dtype} {list(np.shape(value))}")
+
+
+print("layer 0's parameters (layer_params):")
+show(layer)
+same = layer_params(model.checkpoint.params, 0)
+print("built from the flat checkpoint by name:",
+      same["router"] is model.checkpoint.params["transformer/decoder_layer_0/router/w"])
+
+# %% [markdown]
+# ## By hand
+
+# %%
+h = embed(params, cfg, tokens)
+x = rms_norm(h, layer["rms_norm"])
+a = attention(x, **layer["multi_head_attention"], num_q_heads=cfg.num_q_heads,
+              num_kv_heads=cfg.num_kv_heads, key_size=cfg.key_size,
+              multiplier=cfg.attn_output_multiplier, keep=keep)
+h1 = h + rms_norm(a, layer["rms_norm_1"])
+x2 = rms_norm(h1, layer["rms_norm_2"])
+m, probs, ids, gates = moe(x2, layer["router"], **layer["moe"], num_selected=cfg.num_selected_experts)
+h2 = h1 + rms_norm(m, layer["rms_norm_3"])
+for name, value in (("h (input)", h), ("rms_norm(h)", x), ("a = attention", a),
+                    ("h' = h + rms_norm_1(a)", h1), ("rms_norm_2(h')", x2), ("m = moe", m),
+                    ("h'' = h' + rms_norm_3(m)", h2)):
+    C.peek(name, value)
+
+# %% [markdown]
+# ## Checked against `decoder_layer`
+
+# %%
+ref = decoder_layer(h, layer, cfg, keep=keep, index=0)
+print("max |by hand - decoder_layer| =", float(np.abs(h2 - ref).max()))
+print("the routers' inputs used by lessons 08-09 (_common.moe_inputs) match:",
+      np.array_equal(C.moe_inputs(params, cfg, tokens)[0], x2))
+print(f"what the layer added: attention {np.sqrt(((h1 - h) ** 2).mean()):.4f} rms, "
+      f"MoE {np.sqrt(((h2 - h1) ** 2).mean()):.4f} rms, on a stream of {np.sqrt((h ** 2).mean()):.4f}")
+
+# %% [markdown]
+# ## Try this
+# - Drop the post-norms (`h1 = h + a`, `h2 = h1 + m`): a "standard" pre-norm layer with
+#   Grok-1's weights. How different is the output?
+# - Swap the order of the two blocks (MoE first): does `decoder_layer`'s output change a lot?
+#
+# ## On the real model
+
+# %%
+from minigrok.checkpoint import active_int8_bytes, layer_specs
+
+per_layer = active_int8_bytes(C.GROK1) // C.GROK1.num_layers
+stored = sum(int(np.prod(s.shape)) for s in layer_specs(C.GROK1, 0) if s.scales)
+print(f"one layer stores {C.fmt_bytes(stored)} of int8 weights and reads {C.fmt_bytes(per_layer)} "
+      f"of them per token (attention + 2 experts)")
+print(f"per token and layer: ~{C.fmt_count(2 * per_layer)} FLOPs")
+C.estimate("one layer for one token at 20 GB/s (assumed)", f"{per_layer / 20e9 * 1e3:.0f} ms")

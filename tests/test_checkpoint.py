@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
+from testutil import run_cli
 from minigrok import checkpoint, pickle_writer
 from minigrok.checkpoint import CKPT_DIR, open_checkpoint, tensor_file, tensor_specs
 from minigrok.config import GROK1, load_config, preset

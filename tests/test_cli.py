@@ -11,7 +11,7 @@ import pytest
 import minigrok
 from minigrok.make_checkpoint import RECIPE
 
-from conftest import run_cli, tokenizer_path
+from testutil import run_cli, tokenizer_path
 
 TIMING = re.compile(r"^\[(\d+) prompt tokens: ([\d.]+|-) tok/s, (\d+) generated tokens: "
                     r"([\d.]+|-) tok/s, cpu\]$", re.M)

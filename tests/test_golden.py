@@ -25,7 +25,7 @@ from minigrok import moe as moe_module
 from minigrok.checkpoint import CKPT_DIR, EMBEDDINGS, FINAL_NORM, open_checkpoint
 from minigrok.model import model_params
 
-from conftest import REPO, run_cli
+from testutil import REPO, run_cli
 
 # A pad inside the sequence (id 0), common and rare tokens, the EOS id: the tokens of the
 # documented example file (docs/golden-format.md) and of test_official.py.

@@ -16,7 +16,7 @@ import pytest
 from minigrok import exercises
 from minigrok.cli import main
 
-from conftest import REPO, tokenizer_path
+from testutil import REPO, tokenizer_path
 
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.py"))
 

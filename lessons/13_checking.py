@@ -13,7 +13,7 @@
 # 3. `tests/oracle/official_logits.py` loads it with the official `ModelRunner` on 8
 #    emulated CPU devices (the official model only works sharded 8 ways: the row-block
 #    scales of lesson 03 broadcast inside its `shard_map`) and saves its logits;
-# 4. `tests/test_official.py` compares them with minigrok's.
+# 4. the oracle suite (`tests/oracle/`) compares them with minigrok's.
 #
 # The official code computes activations in bfloat16, so a float32 port cannot agree to the
 # last bit: the tests accept 1% of the largest logit with per-position correlation above
@@ -24,7 +24,7 @@
 # bugs real ports have shipped or invited into minigrok itself (by temporarily swapping one
 # function) and measure what each does to the logits.
 #
-# **The code.** `tests/oracle/official_logits.py`, `tests/test_official.py`; the mutants
+# **The code.** `tests/oracle/official_logits.py`, `tests/oracle/oracle_checks.py`; the mutants
 # patch `minigrok/moe.py`'s `route` and `gelu`, `minigrok/attention.py`'s `apply_rope`
 # and `SOFT_CAP`, and reorder `params["layers"]`.
 
@@ -149,7 +149,7 @@ print(f"eps = 1e-5; the smallest mean(m^2) of a token here is {min(np.mean(m ** 
 
 # %% [markdown]
 # ## What each check can see
-# `tests/test_official.py` accepts 1% against the official bfloat16 run and 1e-4 against its
+# This lesson accepts 1% against the official bfloat16 run and 1e-4 against its
 # float32 run. Sort the mutants by those lines. Note the last column of the table above
 # too: on random weights no mutant changes a single top token, so comparing generated text
 # would catch none of them.

@@ -75,7 +75,7 @@ def pytest_terminal_summary(terminalreporter):
         tr.section("oracle suite: measured error (worst) against tolerance")
         for name in sorted(MEASURED):
             m = MEASURED[name]
-            extra = f", excluded {m['excluded']}" if m["excluded"] else ""
+            extra = f", {m['what']}: {m['excluded']}" if m["excluded"] else ""
             exact = f", weights bit-exact: {m['exact']}" if "exact" in m else ""
             tr.write_line(f"{name:40s} n={m['n']:<5d} worst={m['worst']:.3g} tol={m['tol']:.3g}"
                           f"{extra}{exact}")

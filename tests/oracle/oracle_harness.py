@@ -128,5 +128,6 @@ class Oracle:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        self.proc.stdout.close()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)

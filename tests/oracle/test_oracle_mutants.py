@@ -104,10 +104,12 @@ def layer_case(seed=11):
 
 # ----------------------------------------------------------------------- exact-erf GELU
 
-def test_erf_gelu_is_caught(oracle, monkeypatch):
+def test_erf_gelu_is_caught(oracle, tiny_dir, monkeypatch):
     """GELU in its exact erf form instead of jax.nn.gelu's default tanh approximation. The
     two differ by < 5e-4 in value, below bfloat16 resolution for most inputs, but by ~25%
-    of the value in GELU's negative tail, where the MoE case puts its inputs."""
+    of the value in GELU's negative tail, where the MoE case puts its inputs. On the tiny
+    model it moves the logits by ~4e-5 of the largest: caught by the float32 comparison
+    (tolerance 1e-5), invisible in bfloat16."""
     erf = np.vectorize(math.erf, otypes=[np.float64])
 
     def erf_gelu(x):
@@ -116,9 +118,11 @@ def test_erf_gelu_is_caught(oracle, monkeypatch):
     s, x, w = moe_case(tail=True)
     for dtype in ("float32", "bfloat16"):
         assert passes(oc.check_moe, oracle, s, x, w, dtype)
+    assert passes(oc.check_model_logits, oracle, tiny_dir, TOKENS, "float32")
     monkeypatch.setattr(mg_moe, "gelu", erf_gelu)
     for dtype in ("float32", "bfloat16"):
         assert caught(oc.check_moe, oracle, s, x, w, dtype)
+    assert caught(oc.check_model_logits, oracle, tiny_dir, TOKENS, "float32")
 
 
 # --------------------------------------------------------------------- interleaved RoPE

@@ -7,7 +7,9 @@ should leave RssAnon small however large the model is.
 
 Decode speed is put next to the machine's memory bandwidth, measured in the same run as a
 float32 vector times a 1 GiB matrix: decoding a token must read every active int8 weight
-once, so ``active bytes / bandwidth`` is the floor on the time per token.
+once, so ``active bytes / bandwidth`` is the floor on the time per token. With more than one
+layer the decoded tokens are replayed through the first layer alone, which gives the time of
+one more layer (``layer_decode_s``) and its ``bandwidth_efficiency``: floor / measured.
 """
 
 import contextlib
@@ -76,6 +78,18 @@ def gemv_bandwidth(xp=np, gib: float = 1.0, repeats: int = 5) -> float:
     return n * n * 4 / best / 1e9
 
 
+def _decode_time(params, cfg, prompt, tokens, xp) -> float:
+    """Seconds to decode ``tokens`` one at a time after prefilling ``prompt`` (not timed)."""
+    cache = new_cache(len(params["layers"]), len(prompt) + len(tokens), cfg.num_kv_heads,
+                      cfg.key_size, xp)
+    forward(params, cfg, prompt, cache, last_only=True)
+    t0 = time.perf_counter()
+    for token in tokens:
+        logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True)
+        int(to_numpy(logits[0].argmax()))                   # the same work as the real decode
+    return time.perf_counter() - t0
+
+
 def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = "cpu",
           bandwidth: bool = True) -> dict:
     """Measure one checkpoint; returns the figures ``minigrok bench --json`` prints."""
@@ -98,11 +112,18 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         logits = forward(m.params, cfg, prompt, cache, last_only=True)
         token = int(to_numpy(logits[0].argmax()))
         prefill = time.perf_counter() - t0
+        tokens = [token]
         t0 = time.perf_counter()
         for _ in range(new_tokens):
-            logits = forward(m.params, cfg, xp.asarray([token]), cache, last_only=True)
-            token = int(to_numpy(logits[0].argmax()))
+            logits = forward(m.params, cfg, xp.asarray(tokens[-1:]), cache, last_only=True)
+            tokens.append(int(to_numpy(logits[0].argmax())))
         decode = time.perf_counter() - t0
+        if new_tokens and cfg.num_layers > 1:
+            # The same tokens through the first layer alone: the difference is what the other
+            # layers cost, without the embedding, the final norm and the logits.
+            result["layer_decode_s"] = (decode - _decode_time(
+                dict(m.params, layers=m.params["layers"][:1]), cfg, prompt,
+                tokens[:new_tokens], xp)) / (cfg.num_layers - 1) / new_tokens
     per_token = active_int8_bytes(cfg) / 1e9
     result.update(
         ttft_s=result["load_s"] + prefill,
@@ -116,4 +137,10 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         # Bytes a decode step must stream: the active int8 weights and the fp32 embedding.
         streamed = per_token + result["embedding_gb_per_token"]
         result["effective_gb_s"] = streamed * new_tokens / decode
+    if "layer_decode_s" in result:
+        result["layer_gb"] = per_token / cfg.num_layers
+        if bandwidth:
+            # The floor: reading one layer's active int8 bytes at the GEMV bandwidth.
+            floor = result["layer_gb"] / result["gemv_gb_s"]
+            result["bandwidth_efficiency"] = floor / result["layer_decode_s"]
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}

@@ -139,6 +139,9 @@ def cmd_bench(args):
         print(f"streamed        {r['weight_gb_per_token']:.3f} GB int8 + "
               f"{r['embedding_gb_per_token']:.3f} GB fp32 embeddings per token = "
               f"{r['effective_gb_s']:.2f} GB/s (float32 GEMV on this machine: {r['gemv_gb_s']} GB/s)")
+    if "bandwidth_efficiency" in r:
+        print(f"per layer       {r['layer_decode_s']:.3f} s per token for {r['layer_gb']:.3f} GB int8: "
+              f"bandwidth efficiency {r['bandwidth_efficiency']:.2f}")
     print(f"peak memory     {r['peak_rss_mb']:.0f} MB resident, {r['peak_anon_mb']:.0f} MB anonymous "
           "(memory-mapped weights count only in the first)")
 

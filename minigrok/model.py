@@ -11,6 +11,7 @@ bfloat16, which is why the two agree to ~0.5% rather than to the last bit.
 
 import numpy as np
 
+from . import fast
 from .checkpoint import EMBEDDINGS, FINAL_NORM, layer_prefix
 from .layer import decoder_layer
 from .rmsnorm import rms_norm
@@ -55,18 +56,10 @@ def unembed(params, cfg, h):
     embeddings = params["in_out_embed"]                                           # [V, D]
     if xp is not np or embeddings.flags.aligned:
         return (h @ embeddings.T) * xp.float32(cfg.output_multiplier_scale)
-    logits = xp.empty((h.shape[0], embeddings.shape[0]), dtype=xp.float32)        # [T, V]
-    # A checkpoint's float32 payload starts wherever its pickle header ends, often not on a
-    # 4-byte boundary, and numpy multiplies such an unaligned memory map ~10x slower than
-    # aligned memory (xp.to_device copies the small ones). A large one (the real model's
-    # 3.2 GB) is copied through an aligned buffer a few MB at a time instead.
-    step = max(1, (1 << 22) // embeddings.shape[1])
-    buf = xp.empty((min(step, embeddings.shape[0]), embeddings.shape[1]), dtype=xp.float32)
-    for r0 in range(0, embeddings.shape[0], step):
-        rows = buf[:min(step, embeddings.shape[0] - r0)]
-        rows[...] = xp.asarray(embeddings[r0:r0 + len(rows)])
-        logits[:, r0:r0 + len(rows)] = h @ rows.T
-    return logits * xp.float32(cfg.output_multiplier_scale)
+    # A checkpoint's float32 payload is often not 4-byte aligned (it starts wherever the pickle
+    # header ends), and numpy multiplies unaligned arrays without BLAS: small ones were copied
+    # at load (xp.to_device); a large one (the real model's 3.2 GB) is streamed by the fast path.
+    return fast.matmul_transposed(h, embeddings) * xp.float32(cfg.output_multiplier_scale)
 
 
 def forward(params, cfg, tokens, cache=None, last_only: bool = False, trace: dict | None = None):

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import fast
 from .xp import array_module
 
 
@@ -78,63 +79,24 @@ def dequantize(qw):
     return (w.astype(xp.float32) * s).reshape(*lead, n_in, n_out)
 
 
-# Rows of int8 weight widened to float32 at a time: 2**20 elements (4 MB) stays in cache, so
-# each weight byte is read from memory once and the widened copy is consumed where it lies.
-CHUNK_ELEMENTS = 1 << 20
-# Weights at least this large (elements) are split between two threads on the CPU; numpy
-# releases the GIL inside both the int8 -> float32 copy and the BLAS product.
-PARALLEL_ELEMENTS = 1 << 22
-_pool = None
-
-
-def _partial_product(x, weight, scales, r0: int, r1: int, chunk_rows: int):
-    """sum over weight rows [r0, r1) of x[:, r] * weight[r] * its block's scales -> [T, out]."""
-    xp = array_module(x)
-    n_in, n_out = weight.shape
-    rows = n_in // scales.shape[0]                               # rows per scale block
-    out = xp.zeros((x.shape[0], n_out), dtype=xp.float32)
-    buf = xp.empty((min(chunk_rows, r1 - r0), n_out), dtype=xp.float32)
-    for b in range(r0 // rows, (r1 - 1) // rows + 1):
-        lo, hi = max(r0, b * rows), min(r1, (b + 1) * rows)      # this block's rows in range
-        part = xp.zeros_like(out)
-        for c0 in range(lo, hi, chunk_rows):
-            c1 = min(c0 + chunk_rows, hi)
-            w = buf[:c1 - c0]
-            w[...] = xp.asarray(weight[c0:c1])                   # int8 -> float32, in cache
-            part += x[:, c0:c1] @ w
-        out += part * scales[b]                                  # (x_b @ w_b) * s_b
-    return out
-
-
-def matmul(x, qw, chunk_rows: int | None = None):
+def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
     """x @ dequantize(qw) without ever holding the fp32 weight: x [T, in] -> [T, out] fp32.
 
-    qw must be a single matrix (weight [in, out]; index experts first). The int8 rows are
-    widened ``chunk_rows`` at a time inside each scale block; because a scale multiplies a
-    whole output column of its block, it is applied to the [T, out] partial product instead
-    of to every weight: (x_b @ w_b) * s_b == x_b @ (w_b * s_b).
+    qw must be a single matrix (weight [in, out]; index experts first). Small weights take
+    the teaching path, ``x @ dequantize(qw)``; large ones on the CPU go to
+    fast.int8_matmul, which widens a few rows at a time (``chunk_rows``, ``threads``: see
+    there; setting either forces that path).
     """
-    global _pool
     xp = array_module(x)
     n_in, n_out = qw.weight.shape
     if x.shape[-1] != n_in:
         raise ValueError(f"matmul: x has {x.shape[-1]} features, weight has {n_in} rows")
-    scales = bf16_to_f32(xp.asarray(qw.scales))                  # [B, out]
     x = x.astype(xp.float32, copy=False)
-    if chunk_rows is None:
-        if xp is not np or n_in * n_out <= CHUNK_ELEMENTS:     # small: one widened copy
-            return x @ dequantize(qw)
-        chunk_rows = max(1, CHUNK_ELEMENTS // n_out)
-    if xp is not np or n_in * n_out < PARALLEL_ELEMENTS:
-        return _partial_product(x, qw.weight, scales, 0, n_in, chunk_rows)
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(2, thread_name_prefix="minigrok-matmul")
-    half = n_in // 2
-    parts = _pool.map(lambda r: _partial_product(x, qw.weight, scales, *r, chunk_rows),
-                      [(0, half), (half, n_in)])
-    first, second = parts
-    return first + second
+    small = n_in * n_out <= fast.CHUNK_ELEMENTS and chunk_rows is None and threads is None
+    if xp is not np or small:
+        return x @ dequantize(qw)
+    return fast.int8_matmul(x, qw.weight, bf16_to_f32(np.asarray(qw.scales)), chunk_rows,
+                            threads)
 
 
 def linear(x, w):

@@ -526,13 +526,14 @@ def quantised_problem(draw):
     T = draw(st.integers(1, 5))
     chunk = draw(st.integers(1, n_in // blocks - 1))        # smaller than a block
     magnitude = draw(st.sampled_from([1e-3, 1.0, 1e3]))
-    return blocks, n_in, n_out, T, chunk, magnitude, draw(SEEDS)
+    threads = draw(st.integers(1, 3))                       # fast.int8_matmul's row split
+    return blocks, n_in, n_out, T, chunk, threads, magnitude, draw(SEEDS)
 
 
 @settings(max_examples=60, deadline=None)
 @given(problem=quantised_problem())
 def test_matmul_equals_x_times_dequantized_weight(problem):
-    blocks, n_in, n_out, T, chunk, magnitude, seed = problem
+    blocks, n_in, n_out, T, chunk, threads, magnitude, seed = problem
     rng = rng_of(seed)
     w = (rng.standard_normal((n_in, n_out)) * magnitude).astype(np.float32)
     # make the blocks' scales really differ, so a wrong block would show
@@ -540,7 +541,7 @@ def test_matmul_equals_x_times_dequantized_weight(problem):
     qw = quant.quantize(w, blocks=blocks)
     assert qw.weight.dtype == np.int8 and qw.scales.shape == (blocks, n_out)
     x = rng.standard_normal((T, n_in)).astype(np.float32)
-    out = quant.matmul(x, qw, chunk_rows=chunk)
+    out = quant.matmul(x, qw, chunk_rows=chunk, threads=threads)
     assert out.shape == (T, n_out) and out.dtype == np.float32
     dense = dequantize_reference(quant.QuantizedWeight8bit(qw.weight[None], qw.scales[None]))[0]
     np.testing.assert_allclose(quant.dequantize(qw), dense, rtol=0, atol=0)

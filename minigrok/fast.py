@@ -1,0 +1,175 @@
+"""The fast paths: the arithmetic of ``x @ dequantize(W)`` and ``h @ E.T``, arranged for speed.
+
+Decoding one token is a chain of matrix-vector products whose cost is reading the weights:
+1.3 GB of int8 per full-width layer. The teaching code (``quant.dequantize``, then ``@``)
+widens a whole matrix to float32 first, writing and re-reading 4 bytes for every byte it
+needed. Everything here computes the same sums without that: property tests hold these
+functions to ``x @ dequantize(W)`` (tests/test_fast.py).
+
+On the CPU, numpy has no int8 matrix product, so the weight rows are widened a cache-sized
+chunk at a time and multiplied where they lie; the rows are split between threads (numpy
+releases the GIL inside the int8 -> float32 copy and inside BLAS). OpenBLAS would start its
+own threads inside each small product and fight ours for the same cores (measured on 2 cores:
+1.3-4.5 GB/s erratic instead of 6.5 GB/s steady), so it is held to one thread meanwhile.
+"""
+
+import contextlib
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# Elements of int8 weight widened to float32 at a time per thread: 2**20 (a 4 MB buffer, in
+# the last-level cache). Smaller chunks measured slower: numpy's per-call cost and the
+# partial sums' own traffic grow, the widening does not get faster.
+CHUNK_ELEMENTS = 1 << 20
+# Weights at least this large (elements) are split between threads.
+PARALLEL_ELEMENTS = 1 << 22
+
+
+def num_threads() -> int:
+    """Threads for the CPU fast paths: $MINIGROK_THREADS, else the cores this process may use."""
+    env = os.environ.get("MINIGROK_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                   # not Linux
+        return os.cpu_count() or 1
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _map(fn, jobs):
+    """[fn(*job) for job in jobs], the jobs running on the thread pool."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(num_threads(), thread_name_prefix="minigrok")
+    return list(_pool.map(lambda job: fn(*job), jobs))
+
+
+def _openblas():
+    """(set_num_threads, get_num_threads) of the OpenBLAS that numpy loaded, or None.
+
+    Found by name among the libraries mapped into this process (/proc/self/maps); numpy's
+    own wheels carry a renamed OpenBLAS (scipy_openblas64_), distributions the plain one.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return None
+    names = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+             ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+             ("openblas_set_num_threads", "openblas_get_num_threads")]
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in names:
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                return getattr(lib, set_name), getattr(lib, get_name)
+    return None
+
+
+_blas = None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run the block with BLAS limited to ``n`` threads (a no-op where it cannot be set)."""
+    global _blas
+    if _blas is None:
+        _blas = _openblas() or False
+    if not _blas:
+        yield
+        return
+    set_threads, get_threads = _blas
+    before = get_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(before)
+
+
+def _split(n: int, parts: int, step: int) -> list:
+    """[(r0, r1), ...]: range(n) cut into at most ``parts`` pieces on multiples of ``step``."""
+    per = -(-n // parts)
+    per = -(-per // step) * step
+    return [(r0, min(r0 + per, n)) for r0 in range(0, n, per)]
+
+
+def _int8_rows_product(x, weight, scales, r0: int, r1: int, chunk_rows: int):
+    """sum over weight rows [r0, r1) of x[:, r] * weight[r] * its block's scale -> [T, out].
+
+    Within a scale block the int8 rows are widened chunk_rows at a time into one float32
+    buffer and multiplied at once; the block's scales multiply the block's partial product,
+    (x_b @ q_b) * s_b == x_b @ (q_b * s_b), instead of every weight.
+    """
+    n_in, n_out = weight.shape
+    rows = n_in // scales.shape[0]                               # rows per scale block
+    out = np.zeros((x.shape[0], n_out), dtype=np.float32)
+    part = np.empty_like(out)
+    step = np.empty_like(out)
+    buf = np.empty((min(chunk_rows, r1 - r0), n_out), dtype=np.float32)
+    for b in range(r0 // rows, (r1 - 1) // rows + 1):
+        lo, hi = max(r0, b * rows), min(r1, (b + 1) * rows)      # this block's rows in range
+        part[...] = 0
+        for c0 in range(lo, hi, chunk_rows):
+            c1 = min(c0 + chunk_rows, hi)
+            w = buf[:c1 - c0]
+            np.copyto(w, weight[c0:c1], casting="unsafe")        # int8 -> float32, in cache
+            np.add(part, np.matmul(x[:, c0:c1], w, out=step), out=part)
+        out += part * scales[b]
+    return out
+
+
+def int8_matmul(x, weight, scales, chunk_rows: int | None = None, threads: int | None = None):
+    """x [T, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [T, out].
+
+    numpy only. ``chunk_rows`` and ``threads`` default to the measured best for the shape;
+    tests set them to force the chunked and the threaded paths on small matrices.
+    """
+    n_in, n_out = weight.shape
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ELEMENTS // n_out)
+    if threads is None:
+        threads = num_threads() if n_in * n_out >= PARALLEL_ELEMENTS else 1
+    with blas_threads(1):
+        if threads == 1:
+            return _int8_rows_product(x, weight, scales, 0, n_in, chunk_rows)
+        parts = _map(lambda r0, r1: _int8_rows_product(x, weight, scales, r0, r1, chunk_rows),
+                     _split(n_in, threads, chunk_rows))
+    return sum(parts[1:], parts[0])
+
+
+def matmul_transposed(h, matrix, threads: int | None = None):
+    """h [T, D] @ matrix[V, D].T -> [T, V] float32, for a float32 matrix numpy cannot hand to BLAS.
+
+    A checkpoint's float32 payload starts wherever its pickle header ends, usually not on a
+    4-byte boundary, and numpy multiplies unaligned arrays without BLAS, ~10x slower. The rows
+    are copied into an aligned buffer a cache-sized chunk at a time instead, each thread
+    filling its own slice of the output.
+    """
+    n_rows, dim = matrix.shape
+    out = np.empty((h.shape[0], n_rows), dtype=np.float32)
+    chunk = max(1, CHUNK_ELEMENTS // dim)
+
+    def rows_product(r0, r1):
+        buf = np.empty((min(chunk, r1 - r0), dim), dtype=np.float32)
+        for c0 in range(r0, r1, chunk):
+            rows = buf[:min(chunk, r1 - c0)]
+            np.copyto(rows, matrix[c0:c0 + len(rows)])
+            np.matmul(h, rows.T, out=out[:, c0:c0 + len(rows)])
+
+    threads = threads or num_threads()
+    with blas_threads(1):
+        _map(rows_product, _split(n_rows, threads, chunk))
+    return out

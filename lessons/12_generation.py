@@ -6,7 +6,7 @@
 #
 # **The idea.** *KV cache.* A token's key and value at a layer depend only on that token and
 # the ones before it, so they never change once computed. Keep them, per layer:
-# `k, v` [L, S, K, d] plus which positions are padding. Then the next token needs only its
+# `k, v` [S, K, d] plus which positions are padding. Then the next token needs only its
 # own forward pass, attending over the cache: the *prefill* processes the prompt in one
 # call, each *decode* step processes one token at position `cache["length"]` (its RoPE
 # angle starts there).
@@ -41,9 +41,10 @@ tokens = C.tokens_for(cfg)
 
 # %%
 full = forward(params, cfg, tokens)                                 # [T, V], no cache
-cache = new_cache(cfg.num_layers, len(tokens), cfg.num_kv_heads, cfg.key_size, np)
-print("cache:", {k: (list(v.shape) if hasattr(v, "shape") else v) for k, v in cache.items()})
+cache = new_cache(cfg.num_layers, len(tokens), cfg.num_kv_heads, cfg.key_size)
 prefill = forward(params, cfg, tokens[:10], cache, last_only=True)
+print(f"cache: {cfg.num_layers} layers of k, v {list(cache['k'][0].shape)} and keep "
+      f"{list(cache['keep'][0].shape)}")
 print(f"after the prefill of 10 tokens: length {cache['length']}; "
       f"max |difference| {np.abs(prefill[0] - full[9]).max():.2e}")
 for t in range(10, len(tokens)):

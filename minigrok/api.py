@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import placement
 from . import tokenizer as tok
 from .cache import cache_dir
 from .checkpoint import CKPT_DIR, open_checkpoint
@@ -12,7 +13,7 @@ from .config import preset
 from .generate import check_tokens, generate_tokens
 from .make_checkpoint import RECIPE, make_checkpoint
 from .model import forward, model_params
-from .xp import backend, to_device, to_numpy
+from .xp import align_small, backend, to_numpy
 
 DEFAULT_PRESET = "tiny"
 
@@ -35,13 +36,19 @@ def default_checkpoint(notice=sys.stderr) -> Path:
 class Model:
     """An opened checkpoint on a device, with its tokenizer found on first use."""
 
-    def __init__(self, path, device: str = "cpu", tokenizer=None):
+    def __init__(self, path, device: str = "cpu", tokenizer=None,
+                 gpu_memory: float | None = None):
         self.xp = backend(device)
         self.device = device
         self.checkpoint = open_checkpoint(path)
         self.config = self.checkpoint.config
-        self.params = to_device(model_params(self.checkpoint.params, self.config.num_layers),
-                                self.xp)
+        params = model_params(self.checkpoint.params, self.config.num_layers)
+        if self.xp is np:
+            self.params = align_small(params)
+        else:                            # resident where it fits, streamed where not
+            limit = None if gpu_memory is None else int(gpu_memory * 2**30)
+            self.params = placement.place(params, self.config, placement.parse_devices(device),
+                                          limit)
         self._tokenizer_path = tokenizer
         self._sp = None
 
@@ -80,10 +87,12 @@ class Model:
             ids, max_new_tokens, temperature, top_p, seed))
 
 
-def load(path=None, device: str = "cpu", tokenizer=None) -> Model:
+def load(path=None, device: str = "cpu", tokenizer=None, gpu_memory: float | None = None) -> Model:
     """Open a checkpoint (the folder holding ckpt-0/, or ckpt-0/ itself) on ``device``.
 
     ``path=None`` uses the built-in tiny checkpoint (random weights), made on first use.
+    ``device``: cpu, cuda, cuda:N or cuda:N,M,... (layers split over those GPUs, see
+    placement.py); ``gpu_memory`` caps the GiB used per GPU (layers beyond it stream).
     """
     backend(device)                      # an unusable device fails before anything is written
-    return Model(default_checkpoint() if path is None else path, device, tokenizer)
+    return Model(default_checkpoint() if path is None else path, device, tokenizer, gpu_memory)

@@ -12,7 +12,7 @@ uniform average over every key in the call, later ones included; only that pad p
 own output is affected, since no one attends to a pad.
 """
 
-from . import quant
+from . import quant, stream
 from .rope import apply_rope
 from .xp import array_module
 
@@ -20,15 +20,16 @@ SOFT_CAP = 30.0
 MASKED = -1e30
 
 
-def new_cache(num_layers: int, size: int, num_kv_heads: int, key_size: int, xp):
+def new_cache(num_layers: int, size: int, num_kv_heads: int, key_size: int):
     """An empty KV cache for ``size`` positions: the values ``attention`` reads and fills.
 
-    k, v: [L, S, K, d] float32 (rotated keys, values); keep: [S] bool (not padding);
-    length: positions filled so far (the next token's position).
+    Per layer l: k[l], v[l]: [S, K, d] float32 (rotated keys, values), keep[l]: [S] bool (not
+    padding), each made by the layer's first call on the layer's own device (a model split
+    over several GPUs keeps each layer's cache beside its weights). length: positions filled
+    so far (the next token's position).
     """
-    shape = (num_layers, size, num_kv_heads, key_size)
-    return {"k": xp.zeros(shape, xp.float32), "v": xp.zeros(shape, xp.float32),
-            "keep": xp.zeros(size, dtype=bool), "length": 0}
+    return {"k": [None] * num_layers, "v": [None] * num_layers, "keep": [None] * num_layers,
+            "shape": (size, num_kv_heads, key_size), "length": 0}
 
 
 def attention_weights(q, k, keep, offset: int, multiplier: float):
@@ -65,6 +66,7 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
     heads flattened, before the output projection).
     """
     xp = array_module(x)
+    stream.prefetch((query, key, value, linear), x)          # a streamed layer on a GPU only
     T, G = x.shape[0], num_q_heads // num_kv_heads
     positions = offset + xp.arange(T)
     q = apply_rope(quant.linear(x, query).reshape(T, num_q_heads, key_size), positions)   # [T, H, d]
@@ -74,9 +76,13 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
         trace.update(q=q, k=k, v=v)
     if cache is not None:
         end = offset + T
-        cache["k"][layer, offset:end], cache["v"][layer, offset:end] = k, v
-        cache["keep"][offset:end] = keep
-        k, v, keep = cache["k"][layer, :end], cache["v"][layer, :end], cache["keep"][:end]
+        if cache["k"][layer] is None:
+            for name, like in (("k", xp.float32), ("v", xp.float32), ("keep", bool)):
+                shape = cache["shape"] if name != "keep" else cache["shape"][:1]
+                cache[name][layer] = xp.zeros(shape, dtype=like)
+        cache["k"][layer][offset:end], cache["v"][layer][offset:end] = k, v
+        cache["keep"][layer][offset:end] = keep
+        k, v, keep = cache["k"][layer][:end], cache["v"][layer][:end], cache["keep"][layer][:end]
     elif offset:
         raise ValueError("attention: a non-zero offset needs the cache holding the earlier keys")
     probs = attention_weights(q.reshape(T, num_kv_heads, G, key_size), k, keep, offset,

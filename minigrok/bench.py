@@ -78,10 +78,34 @@ def gemv_bandwidth(xp=np, gib: float = 1.0, repeats: int = 5) -> float:
     return n * n * 4 / best / 1e9
 
 
+def int8_kernel_bandwidth(cupy, shape=(6144, 32768), repeats: int = 20) -> dict:
+    """GB/s of int8 weight read by one token's product on the GPU, for fast.int8_gemv and for
+    the teaching path ``x @ dequantize(W)``, on a random matrix of Grok-1's expert shape."""
+    from . import quant
+
+    w = cupy.random.randint(-127, 128, shape, dtype=cupy.int32).astype(cupy.int8)
+    qw = quant.QuantizedWeight8bit(w, cupy.full((1, shape[1]), 0x3C00, dtype=cupy.uint16))
+    x = cupy.random.standard_normal((1, shape[0]), dtype=cupy.float32)
+    out = {}
+    for name, fn in (("int8_gemv_gb_s", lambda: quant.matmul(x, qw)),
+                     ("dequant_matmul_gb_s", lambda: x @ quant.dequantize(qw))):
+        fn()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        best = float("inf")
+        for _ in range(repeats):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            best = min(best, cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        out[name] = w.nbytes / best / 1e9
+    return out
+
+
 def _decode_time(params, cfg, prompt, tokens, xp) -> float:
     """Seconds to decode ``tokens`` one at a time after prefilling ``prompt`` (not timed)."""
     cache = new_cache(len(params["layers"]), len(prompt) + len(tokens), cfg.num_kv_heads,
-                      cfg.key_size, xp)
+                      cfg.key_size)
     forward(params, cfg, prompt, cache, last_only=True)
     t0 = time.perf_counter()
     for token in tokens:
@@ -91,7 +115,7 @@ def _decode_time(params, cfg, prompt, tokens, xp) -> float:
 
 
 def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = "cpu",
-          bandwidth: bool = True) -> dict:
+          bandwidth: bool = True, gpu_memory: float | None = None) -> dict:
     """Measure one checkpoint; returns the figures ``minigrok bench --json`` prints."""
     from .api import Model
 
@@ -101,13 +125,13 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         result["gemv_gb_s"] = round(gemv_bandwidth(xp), 2)
     with peak_memory() as peaks:
         t0 = time.perf_counter()
-        m = Model(checkpoint, device)
+        m = Model(checkpoint, device, gpu_memory=gpu_memory)
         result["load_s"] = time.perf_counter() - t0
         cfg = m.config
         # A fixed, pad-free prompt: the same work on every run.
         prompt = xp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, prompt_len))
         cache = new_cache(cfg.num_layers, prompt_len + new_tokens, cfg.num_kv_heads,
-                          cfg.key_size, xp)
+                          cfg.key_size)
         t0 = time.perf_counter()
         logits = forward(m.params, cfg, prompt, cache, last_only=True)
         token = int(to_numpy(logits[0].argmax()))
@@ -137,6 +161,14 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         # Bytes a decode step must stream: the active int8 weights and the fp32 embedding.
         streamed = per_token + result["embedding_gb_per_token"]
         result["effective_gb_s"] = streamed * new_tokens / decode
+    if xp is not np:
+        places = [layer["place"] for layer in m.params["layers"]]
+        result["resident_layers"] = sum(p.resident for p in places)
+        result["streamed_layers"] = len(places) - result["resident_layers"]
+        result["gpu_pool_mb"] = xp.get_default_memory_pool().total_bytes() / 2**20
+        if bandwidth:
+            result.update(int8_kernel_bandwidth(xp))
+            result["kernel_efficiency"] = result["int8_gemv_gb_s"] / result["gemv_gb_s"]
     if "layer_decode_s" in result:
         result["layer_gb"] = per_token / cfg.num_layers
         if bandwidth:

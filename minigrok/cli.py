@@ -82,7 +82,8 @@ def cmd_generate(args):
         raise MinigrokError("empty prompt: give some text with --prompt")
     check_settings(args.temperature, args.top_p)
     prompt = _token_list(args.prompt_tokens) if args.prompt is None else None
-    m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer)
+    m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer,
+             gpu_memory=args.gpu_memory)
     if prompt is None:
         prompt = m.encode(args.prompt)
     times = [time.perf_counter()]                # start, then after each new token
@@ -108,7 +109,7 @@ def cmd_logits(args):
 
     from .api import load
 
-    m = load(args.checkpoint, device=args.device)
+    m = load(args.checkpoint, device=args.device, gpu_memory=args.gpu_memory)
     logits = m.logits(_token_list(args.tokens))
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}.npy")
@@ -127,7 +128,8 @@ def cmd_bench(args):
 
     if args.prompt_len < 1 or args.new_tokens < 0:
         raise MinigrokError("--prompt-len must be at least 1 and --new-tokens at least 0")
-    r = bench(args.checkpoint, args.prompt_len, args.new_tokens, args.device)
+    r = bench(args.checkpoint, args.prompt_len, args.new_tokens, args.device,
+              gpu_memory=args.gpu_memory)
     if args.json:
         print(json.dumps(r))
         return
@@ -139,6 +141,12 @@ def cmd_bench(args):
         print(f"streamed        {r['weight_gb_per_token']:.3f} GB int8 + "
               f"{r['embedding_gb_per_token']:.3f} GB fp32 embeddings per token = "
               f"{r['effective_gb_s']:.2f} GB/s (float32 GEMV on this machine: {r['gemv_gb_s']} GB/s)")
+    if "resident_layers" in r:
+        print(f"gpu             {r['resident_layers']} layers resident, {r['streamed_layers']} "
+              f"streamed from the host, {r['gpu_pool_mb']:.0f} MB in CuPy's pool")
+    if "int8_gemv_gb_s" in r:
+        print(f"int8 kernel     {r['int8_gemv_gb_s']:.0f} GB/s (dequantise then matmul: "
+              f"{r['dequant_matmul_gb_s']:.0f} GB/s): efficiency {r['kernel_efficiency']:.2f}")
     if "bandwidth_efficiency" in r:
         print(f"per layer       {r['layer_decode_s']:.3f} s per token for {r['layer_gb']:.3f} GB int8: "
               f"bandwidth efficiency {r['bandwidth_efficiency']:.2f}")
@@ -271,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
+    s.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GiB to use per GPU at most; layers beyond it stream from the host")
     s.add_argument("--tokenizer", help="path of tokenizer.model")
     s.set_defaults(func=cmd_generate)
 
@@ -279,14 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 5,17,300")
     s.add_argument("--out", required=True, help="output .npy file")
-    s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
+    s.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GiB to use per GPU at most; layers beyond it stream from the host")
     s.set_defaults(func=cmd_logits)
 
     s = sub.add_parser("bench", help="load time, prefill and decode speed, peak memory")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prompt-len", type=int, default=16)
     s.add_argument("--new-tokens", type=int, default=16)
-    s.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
+    s.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GiB to use per GPU at most; layers beyond it stream from the host")
     s.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     s.set_defaults(func=cmd_bench)
 

@@ -57,7 +57,7 @@ def _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, 
         return
     rng = np.random.default_rng(seed)
     cache = new_cache(cfg.num_layers, len(prompt) + max_new_tokens, cfg.num_kv_heads,
-                      cfg.key_size, xp)
+                      cfg.key_size)
     logits = forward(params, cfg, xp.asarray(prompt), cache, last_only=True)        # [1, V]
     for step in range(max_new_tokens):
         token = int(sample_token(logits[0], temperature, top_p, rng))

@@ -11,7 +11,7 @@ bfloat16, which is why the two agree to ~0.5% rather than to the last bit.
 
 import numpy as np
 
-from . import fast
+from . import fast, placement
 from .checkpoint import EMBEDDINGS, FINAL_NORM, layer_prefix
 from .layer import decoder_layer
 from .rmsnorm import rms_norm
@@ -58,7 +58,7 @@ def unembed(params, cfg, h):
         return (h @ embeddings.T) * xp.float32(cfg.output_multiplier_scale)
     # A checkpoint's float32 payload is often not 4-byte aligned (it starts wherever the pickle
     # header ends), and numpy multiplies unaligned arrays without BLAS: small ones were copied
-    # at load (xp.to_device); a large one (the real model's 3.2 GB) is streamed by the fast path.
+    # at load (xp.align_small); a large one (the real model's 3.2 GB) is streamed by the fast path.
     return fast.matmul_transposed(h, embeddings) * xp.float32(cfg.output_multiplier_scale)
 
 
@@ -82,12 +82,15 @@ def forward(params, cfg, tokens, cache=None, last_only: bool = False, trace: dic
         trace["embeddings"] = h
         layer_traces = trace.setdefault("layers", {i: {} for i in range(len(params["layers"]))})
     for i, layer in enumerate(params["layers"]):
+        # On GPUs: run on the layer's GPU (see placement.py); nothing happens on the CPU.
+        h, keep = placement.enter(layer.get("place"), h, keep)
         h = decoder_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=i,
                           trace=None if trace is None else layer_traces.get(i))
     if cache is not None:
         cache["length"] = offset + len(tokens)
     if last_only:
         h = h[-1:]
+    h, = placement.enter(params.get("place"), h)
     h = rms_norm(h, params["rms_norm"])
     if trace is not None:
         trace["final_norm"] = h

@@ -11,7 +11,7 @@ token: the official MoE layer drops its padding mask.
 
 import math
 
-from . import quant
+from . import quant, stream
 from .xp import array_module
 
 
@@ -57,7 +57,10 @@ def moe(x, router, linear, linear_v, linear_1, *, num_selected: int):
     xp = array_module(x)
     probs, ids, gates = route(x, router, num_selected)
     out = xp.zeros(x.shape, dtype=xp.float32)
-    for e in sorted(set(ids.ravel().tolist())):
+    chosen = sorted(set(ids.ravel().tolist()))
+    # A layer streamed to a GPU starts copying the chosen experts now (else nothing happens).
+    stream.prefetch([_expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)], x)
+    for e in chosen:
         rows, slot = xp.nonzero(ids == e)                                     # tokens choosing e
         y = expert(x[rows], _expert_weight(linear, e), _expert_weight(linear_v, e),
                    _expert_weight(linear_1, e))

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import fast
+from . import fast, stream
 from .xp import array_module
 
 
@@ -85,15 +85,21 @@ def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
     qw must be a single matrix (weight [in, out]; index experts first). Small weights take
     the teaching path, ``x @ dequantize(qw)``; large ones on the CPU go to
     fast.int8_matmul, which widens a few rows at a time (``chunk_rows``, ``threads``: see
-    there; setting either forces that path).
+    there; setting either forces that path). On a GPU one token goes through fast.int8_gemv;
+    a weight still on the host (a streamed layer) is copied over first (stream.fetch).
     """
     xp = array_module(x)
     n_in, n_out = qw.weight.shape
     if x.shape[-1] != n_in:
         raise ValueError(f"matmul: x has {x.shape[-1]} features, weight has {n_in} rows")
     x = x.astype(xp.float32, copy=False)
-    small = n_in * n_out <= fast.CHUNK_ELEMENTS and chunk_rows is None and threads is None
-    if xp is not np or small:
+    if xp is not np:
+        if isinstance(qw.weight, np.ndarray):                  # a layer streamed from the host
+            qw = stream.fetch(qw)
+        if x.shape[0] == 1 and fast.gemv_fits(qw.weight):      # decoding: the int8 GEMV kernel
+            return fast.int8_gemv(x, qw.weight, qw.scales)
+        return x @ dequantize(qw)
+    if n_in * n_out <= fast.CHUNK_ELEMENTS and chunk_rows is None and threads is None:
         return x @ dequantize(qw)
     return fast.int8_matmul(x, qw.weight, bf16_to_f32(np.asarray(qw.scales)), chunk_rows,
                             threads)

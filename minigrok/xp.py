@@ -27,26 +27,28 @@ def to_numpy(x) -> numpy.ndarray:
 
 
 def backend(device: str):
-    """The array module for a device name: ``cpu`` -> numpy, ``cuda`` / ``cuda:N`` -> cupy."""
+    """The array module for a device name: ``cpu`` -> numpy, ``cuda``, ``cuda:N`` or
+    ``cuda:N,M,...`` (a model split over several GPUs) -> cupy."""
     from .errors import MinigrokError
 
     if device == "cpu":
         return numpy
     if device == "cuda" or device.startswith("cuda:"):
+        from .placement import parse_devices
+
+        devices = parse_devices(device)
         try:
             import cupy
         except ImportError:
             raise MinigrokError(f"device {device!r} needs CuPy, which is not installed "
                                 "(pip install cupy-cuda12x)") from None
         try:
-            index = int(device.partition(":")[2] or 0)
-            cupy.cuda.Device(index).use()
-        except ValueError:
-            raise MinigrokError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+            for index in reversed(devices):
+                cupy.cuda.Device(index).use()      # fails for a GPU that is not there
         except Exception as e:                     # no driver, no such GPU
             raise MinigrokError(f"device {device!r} is not usable: {e}") from None
         return cupy
-    raise MinigrokError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    raise MinigrokError(f"unknown device {device!r}: use cpu, cuda, cuda:N or cuda:N,M,...")
 
 
 # A checkpoint's array payload starts wherever its pickle header ends, so a float32 array read
@@ -56,19 +58,16 @@ def backend(device: str):
 ALIGN_COPY_BYTES = 256 << 20
 
 
-def to_device(tree, xp):
-    """Copy every array of a parameter tree (dicts, lists, NamedTuples) into ``xp`` arrays.
-
-    For numpy, memory-mapped weights stay memory-mapped, except small unaligned ones.
+def align_small(tree):
+    """A host parameter tree (dicts, lists, NamedTuples) ready for numpy: memory-mapped weights
+    stay memory-mapped, except small unaligned ones, which are copied. (GPUs: placement.place.)
     """
     if isinstance(tree, dict):
-        return {k: to_device(v, xp) for k, v in tree.items()}
+        return {k: align_small(v) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [to_device(v, xp) for v in tree]
+        return [align_small(v) for v in tree]
     if isinstance(tree, tuple):
-        return type(tree)(*(to_device(v, xp) for v in tree))
-    if xp is not numpy:
-        return xp.asarray(tree)
+        return type(tree)(*(align_small(v) for v in tree))
     if not tree.flags.aligned and tree.nbytes <= ALIGN_COPY_BYTES:
         return numpy.array(tree)
     return tree

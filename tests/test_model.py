@@ -188,7 +188,7 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(small, head, rest, data
     k = data.draw(st.integers(1, T), label="prefill length")
     cfg = small.config
     expected = full(small, ids)
-    cache = new_cache(cfg.num_layers, T + spare, cfg.num_kv_heads, cfg.key_size, np)
+    cache = new_cache(cfg.num_layers, T + spare, cfg.num_kv_heads, cfg.key_size)
     got = [forward(small.params, cfg, ids[:k], cache)]
     assert cache["length"] == k
     for t in range(k, T):
@@ -203,7 +203,7 @@ def test_kv_cache_last_only_and_chunks(tiny):
     ids = np.array([7, 0, 300, 42, 0, 0, 9, 131071, 2])
     cfg = tiny.config
     expected = full(tiny, ids)
-    cache = new_cache(cfg.num_layers, len(ids), cfg.num_kv_heads, cfg.key_size, np)
+    cache = new_cache(cfg.num_layers, len(ids), cfg.num_kv_heads, cfg.key_size)
     parts = []
     for a, b in ((0, 3), (3, 4), (4, 8), (8, 9)):
         out = forward(tiny.params, cfg, ids[a:b], cache, last_only=True)

@@ -605,7 +605,7 @@ def check_decode(oracle, checkpoint, prompt, tokens, dtype, memory_len):
     from minigrok.attention import new_cache
     from minigrok.model import forward
     cache = new_cache(m.config.num_layers, len(prompt) + len(tokens), m.config.num_kv_heads,
-                      m.config.key_size, np)
+                      m.config.key_size)
     ours = [forward(m.params, m.config, prompt, cache, last_only=True)[0]]
     for t in tokens:
         ours.append(forward(m.params, m.config, np.asarray([t]), cache, last_only=True)[0])

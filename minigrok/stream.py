@@ -1,0 +1,68 @@
+"""Streaming weights from the host to a GPU, for the layers the memory plan left on the host.
+
+A streamed layer's int8 weights stay in the checkpoint's memory map (placement.py). A token
+needs only its attention weights and the two routed experts, 1.3 GB of Grok-1's 4.9 GB
+layer, and that is all that crosses to the GPU. Copies run on one background thread, in the
+order asked for, on their own CUDA stream: once a layer knows what it needs (attention
+asks for its four matrices on entry, the MoE for its experts' six once the router has
+chosen), the copies queue back to back and the GPU multiplies by each matrix while the next
+ones are still on their way. The host side reads the memory map straight from the page
+cache (or disk); nothing holds a whole layer anywhere.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .xp import array_module
+
+_copier = None
+_pending = {}                 # (host address, shape) -> Future of the GPU copy
+_lock = threading.Lock()
+
+
+def _key(qw):
+    return qw.weight.__array_interface__["data"][0], qw.weight.shape
+
+
+def _copy(qw, device: int):
+    """qw's int8 weight and scales copied to GPU ``device`` (runs on the copier thread)."""
+    import cupy
+
+    with cupy.cuda.Device(device):
+        stream = cupy.cuda.Stream(non_blocking=True)     # does not wait for the compute
+        with stream:
+            out = type(qw)(cupy.asarray(np.ascontiguousarray(qw.weight)),
+                           cupy.asarray(np.ascontiguousarray(qw.scales)))
+        stream.synchronize()
+    return out
+
+
+def prefetch(weights, x):
+    """Start copying those of ``weights`` (QuantizedWeight8bit) still on the host to x's GPU.
+
+    A no-op on the CPU and for weights already on the GPU (resident layers).
+    """
+    global _copier
+    xp = array_module(x)
+    if xp is np:
+        return
+    device = x.device.id
+    with _lock:
+        for qw in weights:
+            if not isinstance(getattr(qw, "weight", None), np.ndarray) or _key(qw) in _pending:
+                continue
+            if _copier is None:
+                _copier = ThreadPoolExecutor(1, thread_name_prefix="minigrok-stream")
+            _pending[_key(qw)] = _copier.submit(_copy, qw, device)
+
+
+def fetch(qw):
+    """A host weight on the current GPU: the prefetched copy, or one made now."""
+    import cupy
+
+    prefetch([qw], cupy.empty(0))
+    with _lock:
+        future = _pending.pop(_key(qw))
+    return future.result()

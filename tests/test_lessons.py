@@ -32,6 +32,7 @@ FIGURES = {
     "12": ["12_nucleus.png"],
     "13": ["13_mutants.png"],
     "14": ["14_bytes_per_token.png"],
+    "15": ["15_int8_throughput.png"],
 }
 
 
@@ -52,8 +53,8 @@ def run_lesson(path, env, figures, *args, cwd=None):
                           env=full, capture_output=True, text=True, timeout=120)
 
 
-def test_there_are_fourteen_numbered_lessons():
-    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 15)]
+def test_there_are_fifteen_numbered_lessons():
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 16)]
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)

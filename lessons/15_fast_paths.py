@@ -1,0 +1,174 @@
+# %% [markdown]
+# # Lesson 15: fast paths, on a CPU and on a GPU
+#
+# **Goal.** See why decoding one token is a race to read int8 bytes, how minigrok's fast
+# paths run that race on a CPU (numpy) and on a GPU (a 60-line CUDA kernel), and what limits
+# each; then where Grok-1's 64 layers go when a GPU has too little memory.
+#
+# **The idea.** One token's product with an int8 weight, y = x (q * s), reads every byte of
+# q once and does 2 flops per byte: far too little work to keep a processor busy, so the
+# time is the time to *read* the bytes. The teaching path, `x @ dequantize(W)` (lesson 03),
+# first writes a float32 copy of W (4 bytes per weight) and then reads it back: five memory
+# trips per byte instead of one. The fast paths never hold that copy:
+#
+# * **CPU** (`fast.int8_matmul`): widen a cache-sized chunk of rows to float32, multiply it
+#   where it lies (BLAS), next chunk; the rows are split between threads (numpy releases
+#   the GIL in both steps). The scales wait until a whole row block is summed:
+#   $x_b (q_b s_b) = (x_b q_b) s_b$.
+# * **GPU** (`fast.int8_gemv`): one thread owns 16 output columns, reads their 16 int8 of a
+#   row as a single 16-byte load, and multiplies as it reads; 8 row lanes per block add up
+#   in shared memory; each block's row range stays inside one scale block.
+#
+# **The code.** `minigrok/fast.py` (both fast paths and the thread set-up),
+# `minigrok/quant.py`: `matmul` (which path a product takes), `minigrok/placement.py` (the
+# GPU memory plan), `minigrok/stream.py` (copying streamed layers to the GPU).
+
+# %%
+import contextlib
+import time
+
+import _common as C
+import numpy as np
+from minigrok import fast, quant
+from minigrok.placement import layer_bytes, plan, reserve_bytes
+
+args = C.setup(15, "fast paths, on a CPU and on a GPU")
+G = C.GROK1
+
+
+def best_time(fn, repeats=7):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# %% [markdown]
+# ## The CPU race
+# One token against a 4096 x 8192 int8 matrix (32 MB; a Grok-1 expert matrix is 201 MB),
+# five ways: the machine's float32 matrix-vector speed (the yardstick: bytes a BLAS product
+# can read per second), numpy's int8 -> float32 widening alone (the fast path's ceiling:
+# every byte must be widened once), the teaching path, and the fast path on one thread
+# and on all of them.
+
+# %%
+rng = np.random.default_rng(15)
+n_in, n_out = 4096, 8192
+qw = quant.QuantizedWeight8bit(rng.integers(-127, 128, (n_in, n_out), dtype=np.int8),
+                               quant.f32_to_bf16(rng.uniform(1e-3, 2e-3, (8, n_out)).astype(np.float32)))
+x = rng.standard_normal((1, n_in)).astype(np.float32)
+nbytes = qw.weight.nbytes
+
+dense = np.ones((n_in, 4 * n_out), dtype=np.float32)               # 128 MB of float32
+v = np.ones(n_in, dtype=np.float32)
+rates = {"float32 GEMV\n(yardstick)": dense.nbytes / best_time(lambda: v @ dense)}
+del dense
+buf = np.empty((fast.CHUNK_ELEMENTS // n_out, n_out), dtype=np.float32)
+rates["widen int8\n(1 thread)"] = nbytes / best_time(
+    lambda: [np.copyto(buf, qw.weight[r:r + len(buf)], casting="unsafe")
+             for r in range(0, n_in, len(buf))])
+rates["x @ dequantize(W)\n(teaching)"] = nbytes / best_time(lambda: x @ quant.dequantize(qw))
+rates["fast path\n1 thread"] = nbytes / best_time(lambda: quant.matmul(x, qw, threads=1))
+threads = fast.num_threads()
+FAST = f"fast path\n{threads} threads"
+rates[FAST] = nbytes / best_time(lambda: quant.matmul(x, qw, threads=threads))
+for name, rate in rates.items():
+    C.measured(name.replace("\n", " "), f"{rate / 1e9:.1f} GB/s")
+ratio = rates[FAST] / rates["float32 GEMV\n(yardstick)"]
+print(f"fast path / yardstick = {ratio:.2f}: the bandwidth efficiency `minigrok bench` reports")
+
+fig, ax = C.plt.subplots(figsize=(7.5, 3))
+ax.bar(range(len(rates)), [r / 1e9 for r in rates.values()],
+       color=["tab:gray", "tab:gray", "tab:red", "tab:blue", "tab:blue"])
+ax.set_xticks(range(len(rates)), list(rates), fontsize=7)
+ax.set_ylabel("GB/s of weights read")
+ax.set_title(f"one token x int8 matrix on this CPU ({threads} threads; measured, varies by run)")
+fig.tight_layout()
+C.save_figure(fig, "int8_throughput")
+
+# %% [markdown]
+# Read the bars from the left. numpy widens int8 at a few GB/s per core, well below what
+# memory delivers, so on a small CPU the widening, not the memory, sets the pace: the fast
+# path can only approach "widen" times the number of cores. (On the 2-core development
+# machine: widening ~6 GB/s per core, the yardstick ~20-25 GB/s, a full-width Grok-1 layer
+# at ~7 GB/s of int8: efficiency ~0.28. A compiled kernel that widens in registers would
+# reach the yardstick; the GPU kernel below is exactly that.)
+#
+# ## Why BLAS is held to one thread
+# OpenBLAS starts its own threads inside every product. Inside minigrok's row split that
+# means 2 x 2 threads on 2 cores, and they wait for each other at every chunk.
+# `fast.blas_threads(1)` sets OpenBLAS's thread count through its C API for the duration.
+
+# %%
+saved = fast.blas_threads
+fast.blas_threads = lambda n: contextlib.nullcontext()          # let OpenBLAS do as it likes
+fought = nbytes / best_time(lambda: quant.matmul(x, qw, threads=threads))
+fast.blas_threads = saved
+C.measured(f"fast path, {threads} threads, BLAS left to start its own", f"{fought / 1e9:.1f} GB/s")
+C.measured(f"fast path, {threads} threads, BLAS held to one", f"{rates[FAST] / 1e9:.1f} GB/s")
+
+# %% [markdown]
+# ## The GPU kernel, block by block
+# `fast.int8_gemv` launches a grid of (column tiles of 512, row ranges of up to 256 rows);
+# each block writes one partial row, already multiplied by its scale block's scales, and
+# CuPy adds the partial rows. Here is the same decomposition in numpy, so you can check
+# the arithmetic without a GPU (the kernel's source is `fast._GEMV_SOURCE`).
+
+# %%
+rows_per_scale = n_in // qw.scales.shape[0]
+rows = np.gcd(rows_per_scale, fast.GEMV_ROWS)                   # a range never spans two scale blocks
+scales = quant.bf16_to_f32(qw.scales)
+partial = np.stack([(x[0, r:r + rows] @ qw.weight[r:r + rows].astype(np.float32))
+                    * scales[r // rows_per_scale] for r in range(0, n_in, rows)])
+print(f"grid: {-(-n_out // 512)} column tiles x {n_in // rows} row ranges of {rows} rows; "
+      f"partial rows {list(partial.shape)}")
+C.peek("kernel decomposition, summed", partial.sum(axis=0))
+C.peek("x @ dequantize(W)", (x @ quant.dequantize(qw))[0])
+print(f"max |difference| {np.abs(partial.sum(axis=0) - (x @ quant.dequantize(qw))[0]).max():.2e} "
+      "(float32 summation order only)")
+try:
+    import cupy
+    cupy.cuda.runtime.getDeviceCount()
+except Exception as e:                                           # no CuPy, or no GPU
+    cupy = None
+    print(f"(no GPU here: {type(e).__name__}; `bash tests/gpu_check.sh` runs the kernel's checks)")
+if cupy is not None:
+    y = fast.int8_gemv(cupy.asarray(x), cupy.asarray(qw.weight), cupy.asarray(qw.scales))
+    C.measured("the CUDA kernel on this GPU, max |difference|",
+               f"{np.abs(y.get()[0] - partial.sum(axis=0)).max():.2e}")
+
+# %% [markdown]
+# ## On the real model: where 64 layers go
+# A Grok-1 layer is 4.6 GiB of int8 (8 experts), the float32 embeddings 3 GiB. The memory
+# plan (`placement.plan`) fills the GPUs in order with whole layers, keeping a reserve for
+# the working buffers, and streams what is left from the host's memory map, copying only
+# the 1.3 GB a token needs from each streamed layer.
+
+# %%
+GiB = 2**30
+print(f"per layer {layer_bytes(G) / GiB:.2f} GiB; reserve {reserve_bytes(G, False) / GiB:.2f} GiB "
+      f"({reserve_bytes(G, True) / GiB:.2f} GiB on a GPU that streams)")
+for gpus, free, name in ((1, 79, "1 x H100 80 GB"), (4, 79, "4 x H100 80 GB"),
+                         (1, 139, "1 x H200 141 GB"), (3, 139, "3 x H200 141 GB")):
+    places = plan(G, [free * GiB] * gpus)
+    resident = sum(p.resident for p in places)
+    streamed = len(places) - resident
+    per_gpu = [sum(p.resident and p.device == g for p in places) for g in range(gpus)]
+    # A streamed layer's token copies its 1.3 GB over PCIe (assumed 25 GB/s, gen4 x16 in practice).
+    copy_s = streamed * (G.num_selected_experts * 3 * G.emb_size * G.ffn_size
+                         + 2 * G.emb_size * (G.num_q_heads + G.num_kv_heads) * G.key_size) / 25e9
+    C.estimate(f"{name}: layers resident per GPU {per_gpu}, streamed {streamed}",
+               f"~{copy_s:.1f} s/token of copies" if streamed else "no copies")
+
+# %% [markdown]
+# ## Try this
+# - `python -m minigrok bench --checkpoint DIR` on a full-width checkpoint
+#   (`make-checkpoint --preset grok-1 --num-layers 2`) prints `per layer ... bandwidth
+#   efficiency`: the 2-layer time minus the 1-layer time, against the yardstick.
+# - Set `MINIGROK_THREADS=1` and rerun the first cell: how close is one thread to "widen"?
+# - Change `fast.CHUNK_ELEMENTS` to `1 << 16` and `1 << 23`: why do both get slower?
+# - On a GPU: `python -m minigrok bench --checkpoint DIR --device cuda --gpu-memory 8`
+#   streams every layer; compare its tokens/s with the estimate above.

@@ -10,6 +10,7 @@ from . import tokenizer as tok
 from .cache import cache_dir
 from .checkpoint import CKPT_DIR, open_checkpoint
 from .config import preset
+from .errors import MinigrokError
 from .generate import check_tokens, generate_tokens
 from .make_checkpoint import RECIPE, make_checkpoint
 from .model import forward, model_params
@@ -33,11 +34,19 @@ def default_checkpoint(notice=sys.stderr) -> Path:
     return path
 
 
+def check_gpu_memory(device: str, gpu_memory: float | None):
+    """A GPU memory cap must be positive and go with a cuda device."""
+    if gpu_memory is not None and (device == "cpu" or not gpu_memory > 0):
+        raise MinigrokError(f"--gpu-memory {gpu_memory:g}: a number of GiB above 0, "
+                            "for a cuda device")
+
+
 class Model:
     """An opened checkpoint on a device, with its tokenizer found on first use."""
 
     def __init__(self, path, device: str = "cpu", tokenizer=None,
                  gpu_memory: float | None = None):
+        check_gpu_memory(device, gpu_memory)
         self.xp = backend(device)
         self.device = device
         self.checkpoint = open_checkpoint(path)
@@ -94,5 +103,6 @@ def load(path=None, device: str = "cpu", tokenizer=None, gpu_memory: float | Non
     ``device``: cpu, cuda, cuda:N or cuda:N,M,... (layers split over those GPUs, see
     placement.py); ``gpu_memory`` caps the GiB used per GPU (layers beyond it stream).
     """
-    backend(device)                      # an unusable device fails before anything is written
+    check_gpu_memory(device, gpu_memory)   # bad settings fail before anything is written
+    backend(device)
     return Model(default_checkpoint() if path is None else path, device, tokenizer, gpu_memory)

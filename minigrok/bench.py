@@ -117,8 +117,9 @@ def _decode_time(params, cfg, prompt, tokens, xp) -> float:
 def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = "cpu",
           bandwidth: bool = True, gpu_memory: float | None = None) -> dict:
     """Measure one checkpoint; returns the figures ``minigrok bench --json`` prints."""
-    from .api import Model
+    from .api import Model, check_gpu_memory
 
+    check_gpu_memory(device, gpu_memory)
     xp = backend(device)
     result = {"device": device, "prompt_len": prompt_len, "new_tokens": new_tokens}
     if bandwidth:

@@ -8,8 +8,9 @@ should leave RssAnon small however large the model is.
 Decode speed is put next to the machine's memory bandwidth, measured in the same run as a
 float32 vector times a 1 GiB matrix: decoding a token must read every active int8 weight
 once, so ``active bytes / bandwidth`` is the floor on the time per token. With more than one
-layer the decoded tokens are replayed through the first layer alone, which gives the time of
-one more layer (``layer_decode_s``) and its ``bandwidth_efficiency``: floor / measured.
+layer each decode step also runs through the first layer alone, which gives the time of one
+more layer (``layer_decode_s``, the median over the steps) and its ``bandwidth_efficiency``:
+floor / measured.
 """
 
 import contextlib
@@ -102,16 +103,11 @@ def int8_kernel_bandwidth(cupy, shape=(6144, 32768), repeats: int = 20) -> dict:
     return out
 
 
-def _decode_time(params, cfg, prompt, tokens, xp) -> float:
-    """Seconds to decode ``tokens`` one at a time after prefilling ``prompt`` (not timed)."""
-    cache = new_cache(len(params["layers"]), len(prompt) + len(tokens), cfg.num_kv_heads,
-                      cfg.key_size)
-    forward(params, cfg, prompt, cache, last_only=True)
+def _step(params, cfg, token: int, cache, xp) -> tuple[int, float]:
+    """One decode step: (the greedy next token, its seconds)."""
     t0 = time.perf_counter()
-    for token in tokens:
-        logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True)
-        int(to_numpy(logits[0].argmax()))                   # the same work as the real decode
-    return time.perf_counter() - t0
+    logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True)
+    return int(to_numpy(logits[0].argmax())), time.perf_counter() - t0
 
 
 def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = "cpu",
@@ -137,18 +133,24 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         logits = forward(m.params, cfg, prompt, cache, last_only=True)
         token = int(to_numpy(logits[0].argmax()))
         prefill = time.perf_counter() - t0
-        tokens = [token]
-        t0 = time.perf_counter()
+        # With more than one layer, every step is also run through the first layer alone (own
+        # cache, same token): the difference is what the other layers cost, without the
+        # embedding, the final norm and the logits. Step by step, so that a noisy neighbour
+        # slows both sides alike; the median ignores the odd step it slows only one of.
+        first = dict(m.params, layers=m.params["layers"][:1]) if cfg.num_layers > 1 else None
+        if first is not None:
+            cache1 = new_cache(1, prompt_len + new_tokens, cfg.num_kv_heads, cfg.key_size)
+            forward(first, cfg, prompt, cache1, last_only=True)
+        decode, extra = 0.0, []
         for _ in range(new_tokens):
-            logits = forward(m.params, cfg, xp.asarray(tokens[-1:]), cache, last_only=True)
-            tokens.append(int(to_numpy(logits[0].argmax())))
-        decode = time.perf_counter() - t0
-        if new_tokens and cfg.num_layers > 1:
-            # The same tokens through the first layer alone: the difference is what the other
-            # layers cost, without the embedding, the final norm and the logits.
-            result["layer_decode_s"] = (decode - _decode_time(
-                dict(m.params, layers=m.params["layers"][:1]), cfg, prompt,
-                tokens[:new_tokens], xp)) / (cfg.num_layers - 1) / new_tokens
+            next_token, seconds = _step(m.params, cfg, token, cache, xp)
+            decode += seconds
+            if first is not None:
+                extra.append((seconds - _step(first, cfg, token, cache1, xp)[1])
+                             / (cfg.num_layers - 1))
+            token = next_token
+        if extra:
+            result["layer_decode_s"] = float(np.median(extra))
     per_token = active_int8_bytes(cfg) / 1e9
     result.update(
         ttft_s=result["load_s"] + prefill,

@@ -250,12 +250,17 @@ def int8_gemv(x, weight, scales):
     if _gemv_kernel is None:
         _gemv_kernel = cupy.RawKernel(_GEMV_SOURCE, "int8_gemv")
     n_in, n_out = weight.shape
-    rows_per_scale = n_in // scales.shape[0]
-    rows = math.gcd(rows_per_scale, GEMV_ROWS)          # a block's rows stay in one scale block
-    partial = cupy.empty((n_in // rows, n_out), dtype=cupy.float32)
-    grid = (-(-n_out // (GEMV_WARPS * GEMV_COLUMNS)), n_in // rows)
-    _gemv_kernel(grid, (GEMV_WARPS, GEMV_LANES),
-                 (cupy.ascontiguousarray(x[0], dtype=cupy.float32), weight,
-                  cupy.ascontiguousarray(scales), partial,
-                  cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale)))
+    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[0])
+    partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
+    _gemv_kernel(grid, block, (cupy.ascontiguousarray(x[0], dtype=cupy.float32), weight,
+                               cupy.ascontiguousarray(scales), partial, cupy.int32(n_out),
+                               cupy.int32(rows), cupy.int32(rows_per_scale)))
     return partial.sum(axis=0, keepdims=True)
+
+
+def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
+    """The kernel's launch: (grid, block, rows per block, rows per scale block)."""
+    rows_per_scale = n_in // n_scale_blocks
+    rows = math.gcd(rows_per_scale, GEMV_ROWS)          # a block's rows stay in one scale block
+    grid = (-(-n_out // (GEMV_WARPS * GEMV_COLUMNS)), n_in // rows)
+    return grid, (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale

@@ -1,0 +1,65 @@
+// Runs minigrok's CUDA int8 GEMV kernel (its exact source, included as kernel.cu) on the CPU:
+// one std::thread per CUDA thread, a std::barrier for __syncthreads, blocks one after the
+// other. It checks the kernel's indexing, tiling and shared-memory reduction where there is
+// no GPU; speed and the GPU's own behaviour are tests/test_cupy.py's job.
+//
+//   emulate_cuda GRID_X GRID_Y BLOCK_X BLOCK_Y N_IN N_OUT ROWS ROWS_PER_SCALE IN OUT
+//
+// IN holds x (float32 [N_IN]), then w (int8 [N_IN, N_OUT]), then the scales (bf16 bits,
+// uint16 [N_IN / ROWS_PER_SCALE, N_OUT]); OUT receives partial (float32 [GRID_Y, N_OUT]).
+#include <barrier>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+struct dim3 { int x = 0, y = 0, z = 0; };
+thread_local dim3 threadIdx;
+dim3 blockIdx;
+static std::barrier<>* block_barrier;
+struct alignas(16) int4 { int x, y, z, w; };
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+#define __global__
+#define __restrict__
+#define __shared__ static thread_local_block_
+// Shared memory is one array per block: a static reset between blocks is enough here, since
+// blocks run one at a time.
+#define thread_local_block_
+#include "kernel.cu"
+
+int main(int argc, char** argv) {
+    if (argc != 11) { std::fprintf(stderr, "usage: see the top of emulate_cuda.cpp\n"); return 2; }
+    int gx = std::atoi(argv[1]), gy = std::atoi(argv[2]), bx = std::atoi(argv[3]),
+        by = std::atoi(argv[4]), n_in = std::atoi(argv[5]), n_out = std::atoi(argv[6]),
+        rows = std::atoi(argv[7]), rows_per_scale = std::atoi(argv[8]);
+    size_t nw = (size_t)n_in * n_out, ns = (size_t)(n_in / rows_per_scale) * n_out;
+    std::vector<float> x(n_in), partial((size_t)gy * n_out);
+    signed char* w = static_cast<signed char*>(std::aligned_alloc(16, (nw + 15) / 16 * 16));
+    std::vector<unsigned short> scales(ns);
+    FILE* in = std::fopen(argv[9], "rb");
+    if (!in || std::fread(x.data(), 4, n_in, in) != (size_t)n_in || std::fread(w, 1, nw, in) != nw
+        || std::fread(scales.data(), 2, ns, in) != ns) { std::fprintf(stderr, "bad input\n"); return 2; }
+    std::fclose(in);
+    for (int j = 0; j < gy; j++) {
+        for (int i = 0; i < gx; i++) {
+            blockIdx.x = i; blockIdx.y = j;
+            std::barrier<> barrier(bx * by);
+            block_barrier = &barrier;
+            std::vector<std::thread> threads;
+            for (int ty = 0; ty < by; ty++)
+                for (int tx = 0; tx < bx; tx++)
+                    threads.emplace_back([&, tx, ty] {
+                        threadIdx.x = tx; threadIdx.y = ty;
+                        int8_gemv(x.data(), w, scales.data(), partial.data(), n_out, rows, rows_per_scale);
+                    });
+            for (auto& t : threads) t.join();
+        }
+    }
+    FILE* out = std::fopen(argv[10], "wb");
+    std::fwrite(partial.data(), 4, partial.size(), out);
+    std::fclose(out);
+    std::free(w);
+    return 0;
+}

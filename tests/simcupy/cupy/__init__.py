@@ -1,0 +1,216 @@
+"""A simulated CuPy: numpy arrays that remember which GPU they are on, for machines without one.
+
+Only for tests/test_gpu_simulated.py, which runs tests/test_cupy.py against it: it checks
+minigrok's GPU *glue* (the memory plan, streaming from the host, the split over two GPUs,
+which path a product takes, the kernel's launch geometry), not CuPy or a GPU. Arrays on
+different devices, or a host numpy array, mixed in one operation raise, as they fail on a
+real GPU. The RawKernel runs the int8 GEMV's block decomposition in numpy.
+"""
+
+import sys
+import time
+import types
+
+import numpy
+
+NUM_DEVICES = 2
+_current = [0]
+
+
+class ndarray(numpy.ndarray):
+    def __array_finalize__(self, obj):
+        self.dev = getattr(obj, "dev", _current[0])
+
+    @property
+    def device(self):
+        return Device(self.dev)
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    def get(self):
+        return numpy.array(self)
+
+    def _check(self, args):
+        if any(_is_host(a) for a in args):
+            raise TypeError("simulated cupy: a numpy array in a cupy operation")
+        devices = {a.dev for a in args if isinstance(a, ndarray)}
+        if len(devices) > 1 or (devices and devices != {_current[0]}):
+            raise ValueError(f"simulated cupy: arrays on devices {devices}, current {_current[0]}")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        self._check(list(inputs) + list(kw.get("out", ())))
+        if "out" in kw:
+            kw["out"] = tuple(numpy.asarray(o) for o in kw["out"])
+        return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **kw))
+
+    def __array_function__(self, func, types_, args, kw):
+        self._check(list(_flatten(args)) + list(_flatten(kw)))
+        return _wrap(func(*_unwrap(args), **_unwrap(kw)))
+
+    def __getitem__(self, key):
+        self._check(list(_flatten(key)))
+        return super().__getitem__(_unwrap(key))
+
+    def __setitem__(self, key, value):
+        self._check(list(_flatten((key, value))))
+        return super().__setitem__(_unwrap(key), _unwrap(value))
+
+
+def _is_host(a):
+    return isinstance(a, numpy.ndarray) and not isinstance(a, ndarray) and a.ndim > 0
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        for i in x:
+            yield from _flatten(i)
+    elif isinstance(x, dict):
+        yield from _flatten(list(x.values()))
+    else:
+        yield x
+
+
+def _unwrap(x):
+    if isinstance(x, ndarray):
+        return numpy.asarray(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(i) for i in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(r):
+    if isinstance(r, (list, tuple)):
+        return type(r)(_wrap(i) for i in r)
+    if isinstance(r, numpy.ndarray) and not isinstance(r, ndarray):
+        out = r.view(ndarray)
+        out.dev = _current[0]
+        return out
+    return r
+
+
+def get_array_module(*arrays):
+    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in arrays) else numpy
+
+
+def asarray(a, dtype=None):
+    """Host -> current GPU (a copy); an array on another GPU raises, like mixing devices."""
+    if isinstance(a, ndarray):
+        if a.dev != _current[0]:
+            raise ValueError("simulated cupy: asarray of an array on another device")
+        return a if dtype is None or a.dtype == dtype else _wrap(numpy.asarray(a).astype(dtype))
+    return _wrap(numpy.array(a, dtype=dtype))
+
+
+ascontiguousarray = asarray
+
+
+def asnumpy(a):
+    return numpy.array(numpy.asarray(a))
+
+
+def __getattr__(name):                    # everything else: numpy's, on simulated arrays
+    f = getattr(numpy, name)
+    if isinstance(f, type) or not callable(f):
+        return f
+
+    def call(*args, **kw):
+        if any(_is_host(a) for a in _flatten((args, kw))):
+            raise TypeError(f"simulated cupy: a numpy array passed to cupy.{name}")
+        return _wrap(f(*_unwrap(args), **_unwrap(kw)))
+    return call
+
+
+class Device:
+    def __init__(self, index=None):
+        self.id = _current[0] if index is None else index
+        if not 0 <= self.id < NUM_DEVICES:
+            raise RuntimeError(f"simulated cupy: no device {self.id}")
+
+    def use(self):
+        _current[0] = self.id
+
+    def __enter__(self):
+        self._before = _current[0]
+        _current[0] = self.id
+        return self
+
+    def __exit__(self, *exc):
+        _current[0] = self._before
+
+    @property
+    def mem_info(self):
+        return 80 * 2**30, 80 * 2**30
+
+
+class Stream:
+    def __init__(self, non_blocking=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class Event:
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class RawKernel:
+    """The int8 GEMV's block decomposition in numpy, checking the launch it is given."""
+
+    def __init__(self, source, name):
+        assert name == "int8_gemv" and "__global__" in source
+
+    def __call__(self, grid, block, args):
+        x, w, s, partial = (numpy.asarray(a) for a in args[:4])
+        n_out, rows, rows_per_scale = (int(a) for a in args[4:])
+        assert block == (32, 8) and grid[0] * 512 >= n_out > (grid[0] - 1) * 512
+        assert grid[1] * rows == w.shape[0] and x.shape == (w.shape[0],)
+        scale = (s.astype(numpy.uint32) << 16).view(numpy.float32)
+        for b in range(grid[1]):
+            r0 = b * rows
+            assert r0 // rows_per_scale == (r0 + rows - 1) // rows_per_scale
+            partial[b] = (x[r0:r0 + rows] @ w[r0:r0 + rows].astype(numpy.float32)
+                          ) * scale[r0 // rows_per_scale]
+
+
+def _elapsed(start, end):
+    return (end.t - start.t) * 1e3
+
+
+cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, get_elapsed_time=_elapsed,
+                             runtime=types.SimpleNamespace(getDeviceCount=lambda: NUM_DEVICES))
+
+
+class _Pool:
+    def total_bytes(self):
+        return 0
+
+
+def get_default_memory_pool():
+    return _Pool()
+
+
+class _Random:
+    def randint(self, low, high, shape, dtype=None):
+        return _wrap(numpy.random.default_rng(0).integers(low, high, shape).astype(dtype))
+
+    def standard_normal(self, shape, dtype=None):
+        return _wrap(numpy.random.default_rng(0).standard_normal(shape).astype(dtype))
+
+
+random = _Random()
+__version__ = "simulated"

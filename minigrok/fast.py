@@ -80,24 +80,34 @@ def _openblas():
 
 
 _blas = None
+_blas_users = [0, None]               # blocks inside blas_threads now, the count to restore
+_blas_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def blas_threads(n: int):
-    """Run the block with BLAS limited to ``n`` threads (a no-op where it cannot be set)."""
+    """Run the block with BLAS limited to ``n`` threads (a no-op where it cannot be set).
+
+    Safe from several threads: the first to enter saves BLAS's count, the last to leave
+    puts it back.
+    """
     global _blas
-    if _blas is None:
-        _blas = _openblas() or False
-    if not _blas:
-        yield
-        return
-    set_threads, get_threads = _blas
-    before = get_threads()
-    set_threads(n)
+    with _blas_lock:
+        if _blas is None:
+            _blas = _openblas() or False
+        if _blas:
+            if _blas_users[0] == 0:
+                _blas_users[1] = _blas[1]()
+            _blas_users[0] += 1
+            _blas[0](n)
     try:
         yield
     finally:
-        set_threads(before)
+        with _blas_lock:
+            if _blas:
+                _blas_users[0] -= 1
+                if _blas_users[0] == 0:
+                    _blas[0](_blas_users[1])
 
 
 def _split(n: int, parts: int, step: int) -> list:

@@ -17,6 +17,10 @@ import numpy as np
 
 from .xp import array_module
 
+# Copies queued at most: two experts' three matrices, what one decoded token takes from a
+# layer. A prefill that routes to all 8 experts gets the rest copied as each is used, so the
+# GPU never holds more than the memory plan's streaming reserve allows for.
+AHEAD = 6
 _copier = None
 _pending = {}                 # (host address, shape) -> Future of the GPU copy
 _lock = threading.Lock()
@@ -53,6 +57,8 @@ def prefetch(weights, x):
         for qw in weights:
             if not isinstance(getattr(qw, "weight", None), np.ndarray) or _key(qw) in _pending:
                 continue
+            if len(_pending) >= AHEAD:
+                break
             if _copier is None:
                 _copier = ThreadPoolExecutor(1, thread_name_prefix="minigrok-stream")
             _pending[_key(qw)] = _copier.submit(_copy, qw, device)
@@ -62,7 +68,8 @@ def fetch(qw):
     """A host weight on the current GPU: the prefetched copy, or one made now."""
     import cupy
 
-    prefetch([qw], cupy.empty(0))
     with _lock:
-        future = _pending.pop(_key(qw))
+        future = _pending.pop(_key(qw), None)
+    if future is None:                                    # not queued: copy it now
+        return _copy(qw, cupy.cuda.Device().id)
     return future.result()

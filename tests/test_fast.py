@@ -58,3 +58,24 @@ def test_blas_threads_finds_numpys_openblas_and_restores_it():
     with fast.blas_threads(1):
         assert get_threads() == 1
     assert get_threads() == before
+
+
+def test_blas_threads_nested_and_from_threads_restores_once():
+    blas = fast._openblas()
+    if blas is None:
+        return                               # covered by the test above: not OpenBLAS
+    _, get_threads = blas
+    before = get_threads()
+    with fast.blas_threads(1):
+        with fast.blas_threads(1):
+            assert get_threads() == 1
+        assert get_threads() == 1            # the outer block still holds it
+    assert get_threads() == before
+    from concurrent.futures import ThreadPoolExecutor
+
+    def hold(_):
+        with fast.blas_threads(1):
+            return get_threads()
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(hold, range(40))) == {1}
+    assert get_threads() == before

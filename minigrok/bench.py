@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from . import fast
 from .attention import new_cache
 from .checkpoint import active_int8_bytes
 from .model import forward
@@ -79,6 +80,26 @@ def gemv_bandwidth(xp=np, gib: float = 1.0, repeats: int = 5) -> float:
     return n * n * 4 / best / 1e9
 
 
+def widen_bandwidth(mib: int = 256, repeats: int = 3) -> float:
+    """GB/s of int8 that numpy widens to float32 on all of fast.py's threads, chunk by chunk
+    into cache as the CPU fast path does, with no product: the ceiling of that path."""
+    rows = mib * 2**20 // 8192
+    weight = np.ones((rows, 8192), dtype=np.int8)
+    chunk = fast.CHUNK_ELEMENTS // 8192
+
+    def widen(r0, r1):
+        buf = np.empty((chunk, 8192), dtype=np.float32)
+        for c0 in range(r0, r1, chunk):
+            np.copyto(buf[:min(chunk, r1 - c0)], weight[c0:c0 + chunk], casting="unsafe")
+
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        fast._map(widen, fast._split(rows, fast.num_threads(), chunk))
+        best = min(best, time.perf_counter() - t)
+    return weight.nbytes / best / 1e9
+
+
 def int8_kernel_bandwidth(cupy, shape=(6144, 32768), repeats: int = 20) -> dict:
     """GB/s of int8 weight read by one token's product on the GPU, for fast.int8_gemv and for
     the teaching path ``x @ dequantize(W)``, on a random matrix of Grok-1's expert shape."""
@@ -120,6 +141,8 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
     result = {"device": device, "prompt_len": prompt_len, "new_tokens": new_tokens}
     if bandwidth:
         result["gemv_gb_s"] = round(gemv_bandwidth(xp), 2)
+        if xp is np:
+            result["widen_gb_s"] = round(widen_bandwidth(), 2)
     with peak_memory() as peaks:
         t0 = time.perf_counter()
         m = Model(checkpoint, device, gpu_memory=gpu_memory)

@@ -22,6 +22,7 @@ from .checkpoint import active_int8_bytes
 from .config import Config
 from .errors import MinigrokError
 from .quant import QuantizedWeight8bit
+from .xp import plain
 
 
 class Place(NamedTuple):
@@ -104,7 +105,7 @@ def _to(tree, cupy):
         return {k: _to(v, cupy) for k, v in tree.items()}
     if isinstance(tree, tuple):
         return type(tree)(*(_to(v, cupy) for v in tree))
-    return cupy.asarray(tree)
+    return cupy.asarray(plain(tree))
 
 
 def place(params: dict, cfg: Config, devices: list[int], limit: int | None = None):
@@ -122,8 +123,8 @@ def place(params: dict, cfg: Config, devices: list[int], limit: int | None = Non
             free.append(min(gpu.mem_info[0], limit or gpu.mem_info[0]))
     places = plan(cfg, free)
     with cupy.cuda.Device(devices[0]):
-        out = {"in_out_embed": cupy.asarray(params["in_out_embed"]),
-               "rms_norm": cupy.asarray(params["rms_norm"]), "layers": [],
+        out = {"in_out_embed": _to(params["in_out_embed"], cupy),
+               "rms_norm": _to(params["rms_norm"], cupy), "layers": [],
                "place": Place(devices[0], True)}
     for layer, where in zip(params["layers"], places):
         device = devices[where.device]
@@ -135,7 +136,7 @@ def place(params: dict, cfg: Config, devices: list[int], limit: int | None = Non
                           for k, v in layer.items()}
                 for block in ("multi_head_attention", "moe"):
                     placed[block] = {k: (w if isinstance(w, QuantizedWeight8bit) else
-                                         cupy.asarray(w)) for k, w in layer[block].items()}
+                                         _to(w, cupy)) for k, w in layer[block].items()}
         placed["place"] = Place(device, where.resident)
         out["layers"].append(placed)
     cupy.cuda.Device(devices[0]).use()

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .xp import array_module
+from .xp import array_module, plain
 
 # Copies queued at most: two experts' three matrices, what one decoded token takes from a
 # layer. A prefill that routes to all 8 experts gets the rest copied as each is used, so the
@@ -38,7 +38,7 @@ def _copy(qw, device: int):
         stream = cupy.cuda.Stream(non_blocking=True)     # does not wait for the compute
         with stream:
             out = type(qw)(cupy.asarray(np.ascontiguousarray(qw.weight)),
-                           cupy.asarray(np.ascontiguousarray(qw.scales)))
+                           cupy.asarray(np.ascontiguousarray(plain(qw.scales))))
         stream.synchronize()
     return out
 

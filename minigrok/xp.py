@@ -26,6 +26,13 @@ def to_numpy(x) -> numpy.ndarray:
     return xp.asnumpy(x)
 
 
+def plain(a) -> numpy.ndarray:
+    """A host array as a GPU copy should see it: bfloat16 bits (uint16 tagged with dtype
+    metadata, see safepickle.BF16_BITS) as plain uint16. A view, nothing is copied."""
+    a = numpy.asarray(a)
+    return a.view(a.dtype.str) if a.dtype.metadata else a
+
+
 def backend(device: str):
     """The array module for a device name: ``cpu`` -> numpy, ``cuda``, ``cuda:N`` or
     ``cuda:N,M,...`` (a model split over several GPUs) -> cupy."""

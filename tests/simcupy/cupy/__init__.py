@@ -102,6 +102,9 @@ def asarray(a, dtype=None):
         if a.dev != _current[0]:
             raise ValueError("simulated cupy: asarray of an array on another device")
         return a if dtype is None or a.dtype == dtype else _wrap(numpy.asarray(a).astype(dtype))
+    if getattr(getattr(a, "dtype", None), "metadata", None):
+        # stricter than CuPy may be: minigrok hands over plain dtypes (xp.plain)
+        raise TypeError("simulated cupy: a dtype with metadata")
     return _wrap(numpy.array(a, dtype=dtype))
 
 

@@ -4,7 +4,8 @@ Decoding one token is a chain of matrix-vector products whose cost is reading th
 1.3 GB of int8 per full-width layer. The teaching code (``quant.dequantize``, then ``@``)
 widens a whole matrix to float32 first, writing and re-reading 4 bytes for every byte it
 needed. Everything here computes the same sums without that: property tests hold these
-functions to ``x @ dequantize(W)`` (tests/test_fast.py).
+functions to ``x @ dequantize(W)`` (tests/test_components.py, test_fast.py, and for the GPU
+kernel test_cupy.py and test_kernel_emulated.py).
 
 On the CPU, numpy has no int8 matrix product, so the weight rows are widened a cache-sized
 chunk at a time and multiplied where they lie; the rows are split between threads (numpy
@@ -34,7 +35,10 @@ def num_threads() -> int:
     """Threads for the CPU fast paths: $MINIGROK_THREADS, else the cores this process may use."""
     env = os.environ.get("MINIGROK_THREADS")
     if env:
-        return max(1, int(env))
+        if not env.isdigit() or int(env) < 1:
+            from .errors import MinigrokError
+            raise MinigrokError(f"MINIGROK_THREADS={env!r}: a whole number of threads, 1 or more")
+        return int(env)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:                                   # not Linux

@@ -1,10 +1,12 @@
 """The CPU fast paths compute what the teaching code computes (see minigrok/fast.py)."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigrok import fast
+from minigrok.errors import MinigrokError
 
 
 @settings(max_examples=40, deadline=None)
@@ -79,3 +81,12 @@ def test_blas_threads_nested_and_from_threads_restores_once():
     with ThreadPoolExecutor(4) as pool:
         assert set(pool.map(hold, range(40))) == {1}
     assert get_threads() == before
+
+
+def test_thread_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MINIGROK_THREADS", "3")
+    assert fast.num_threads() == 3
+    for bad in ("abc", "0", "-2", "1.5"):
+        monkeypatch.setenv("MINIGROK_THREADS", bad)
+        with pytest.raises(MinigrokError, match="MINIGROK_THREADS"):
+            fast.num_threads()

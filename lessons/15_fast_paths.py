@@ -93,8 +93,8 @@ C.save_figure(fig, "int8_throughput")
 # Read the bars from the left. numpy widens int8 at a few GB/s per core, well below what
 # memory delivers, so on a small CPU the widening, not the memory, sets the pace: the fast
 # path can only approach "widen" times the number of cores. (On the 2-core development
-# machine: widening ~6 GB/s per core, the yardstick ~20-25 GB/s, a full-width Grok-1 layer
-# at ~7 GB/s of int8: efficiency ~0.28. A compiled kernel that widens in registers would
+# machine: widening 5-7 GB/s per core, the yardstick 20-26 GB/s, a full-width Grok-1 layer
+# at ~6 GB/s of int8: efficiency ~0.25. A compiled kernel that widens in registers would
 # reach the yardstick; the GPU kernel below is exactly that.)
 #
 # ## Why BLAS is held to one thread

@@ -23,10 +23,9 @@ inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 #define __global__
 #define __restrict__
-#define __shared__ static thread_local_block_
-// Shared memory is one array per block: a static reset between blocks is enough here, since
-// blocks run one at a time.
-#define thread_local_block_
+// Shared memory becomes a function-static array: one copy that all threads of a block see,
+// which is right because blocks run one at a time.
+#define __shared__ static
 #include "kernel.cu"
 
 int main(int argc, char** argv) {

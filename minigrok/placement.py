@@ -26,8 +26,9 @@ from .xp import plain
 
 
 class Place(NamedTuple):
-    """Where one layer runs: ``device`` (a CUDA device id) and whether its int8 weights are
-    resident there or streamed from the host."""
+    """Where one layer runs: ``device`` (from plan: the GPU's position in the list it was
+    given; once placed: its CUDA device id) and whether its int8 weights are resident there
+    or streamed from the host."""
 
     device: int
     resident: bool
@@ -75,6 +76,11 @@ def plan(cfg: Config, free: list[int]) -> list[Place]:
     need = layer_bytes(cfg)
     room = list(free)
     room[0] -= cfg.vocab_size * cfg.emb_size * 4
+    if room[0] < reserve_bytes(cfg, False):
+        raise MinigrokError(
+            f"not enough GPU memory: the first GPU has {free[0] / 2**30:.1f} GiB free, the "
+            f"embeddings and working room need "
+            f"{(free[0] - room[0] + reserve_bytes(cfg, False)) / 2**30:.1f} GiB")
     places, gpu = [], 0
     for _ in range(cfg.num_layers):
         while gpu < len(room) and room[gpu] - need < reserve_bytes(cfg, False):

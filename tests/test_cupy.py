@@ -102,3 +102,10 @@ def test_bench_on_the_gpu_reports_the_kernel(tiny_dir):
     assert r["resident_layers"] == 12 and r["streamed_layers"] == 0
     assert r["int8_gemv_gb_s"] > 0 and r["dequant_matmul_gb_s"] > 0
     assert 0 < r["kernel_efficiency"]
+
+
+def test_too_little_gpu_memory_is_a_clear_error(tiny_dir):
+    from minigrok.errors import MinigrokError
+
+    with pytest.raises(MinigrokError, match="not enough GPU memory: the first GPU"):
+        minigrok.load(tiny_dir, device="cuda", gpu_memory=0.01)

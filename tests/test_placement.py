@@ -62,10 +62,12 @@ def test_plan_fits_or_says_why(layers, free):
         places = plan(cfg, free)
     except MinigrokError as e:
         assert "not enough GPU memory" in str(e)
-        # Refused only when the last GPU cannot even hold the stream buffers beside what it
-        # must hold (the embeddings, if it is also the first).
-        room = free[-1] - (cfg.vocab_size * cfg.emb_size * 4 if len(free) == 1 else 0)
-        assert room < reserve_bytes(cfg, True)
+        # Refused only when the first GPU cannot hold the embeddings and its working room, or
+        # the last GPU cannot hold the stream buffers beside what it must hold.
+        embeddings = cfg.vocab_size * cfg.emb_size * 4
+        room = free[-1] - (embeddings if len(free) == 1 else 0)
+        assert (free[0] - embeddings < reserve_bytes(cfg, False)
+                or room < reserve_bytes(cfg, True))
         return
     check_plan(cfg, free, places)
     # Streaming only happens when the layers really do not fit resident.

@@ -9,14 +9,15 @@ weights), so everything that reads a checkpoint can be tested without the downlo
 
 Every tensor draws from its own generator seeded by (seed, crc32(name)): the same seed
 gives the same bytes, and layer k is the same whatever --num-layers says. Tensors are made
-and written a slice at a time, so writing two full-width Grok-1 layers (~13 GB) needs well
-under 2 GB of memory.
+and written a slice at a time, several files at once (up to 4, one per core): a full-width
+Grok-1 layer takes 89 s and 1.7 GB of memory on 2 cores (144 s and 1.3 GB one file at a time).
 """
 
 import math
 import os
 import shutil
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from . import pickle_writer
 from .checkpoint import CKPT_DIR, tensor_file, tensor_specs
 from .config import CONFIG_FILE, Config, to_json
 from .errors import MinigrokError
+from .fast import num_threads
 from .quant import quantize
 
 _COLUMNS = 2048          # columns of one expert quantised at a time (fixes the random stream)
@@ -130,10 +132,19 @@ def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progre
     try:
         (tmp / CKPT_DIR).mkdir(parents=True)
         specs = tensor_specs(cfg)
-        for i, spec in enumerate(specs):
-            if progress:
-                progress(i, len(specs), spec.name)
-            write_tensor(tmp / CKPT_DIR / tensor_file(i), spec, seed)
+        # Every file draws from its own generators, so files are written side by side, byte
+        # for byte as one after the other (numpy's generators, casts and writes release the
+        # GIL). A few at a time: each holds one expert's int8 matrix (201 MB at full width).
+        pool = ThreadPoolExecutor(min(num_threads(), 4), thread_name_prefix="minigrok-write")
+        try:
+            jobs = [pool.submit(write_tensor, tmp / CKPT_DIR / tensor_file(i), spec, seed)
+                    for i, spec in enumerate(specs)]
+            for i, job in enumerate(jobs):
+                job.result()
+                if progress:
+                    progress(i, len(specs), specs[i].name)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         (tmp / CONFIG_FILE).write_text(to_json(cfg))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"

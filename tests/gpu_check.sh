@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a machine with an NVIDIA GPU and CuPy (about 8 minutes on an
+# Every GPU check in one run, for a machine with an NVIDIA GPU and CuPy (about 5 minutes on an
 # H100, most of it writing the full-width checkpoint): the CuPy parity tests, then `bench`
 # on the tiny preset (resident, then streamed under a memory cap) and on two full-width
 # Grok-1 layers (resident, then streamed). Results go to $OUT (default /tmp/minigrok-gpu):

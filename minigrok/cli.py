@@ -256,6 +256,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _device_arguments(s):
+    s.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
+    s.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="GiB to use per GPU at most; layers beyond it stream from the host")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minigrok", description="Grok-1 in plain NumPy, checked against the "
                 "official code.")
@@ -282,10 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
-    s.add_argument("--gpu-memory", type=float, metavar="GIB",
-                   help="GiB to use per GPU at most; layers beyond it stream from the host")
+    _device_arguments(s)
     s.add_argument("--tokenizer", help="path of tokenizer.model")
     s.set_defaults(func=cmd_generate)
 
@@ -293,20 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 5,17,300")
     s.add_argument("--out", required=True, help="output .npy file")
-    s.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
-    s.add_argument("--gpu-memory", type=float, metavar="GIB",
-                   help="GiB to use per GPU at most; layers beyond it stream from the host")
+    _device_arguments(s)
     s.set_defaults(func=cmd_logits)
 
     s = sub.add_parser("bench", help="load time, prefill and decode speed, peak memory")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prompt-len", type=int, default=16)
     s.add_argument("--new-tokens", type=int, default=16)
-    s.add_argument("--device", default="cpu",
-                   help="cpu, cuda, cuda:N, or cuda:N,M,... to split the layers over GPUs")
-    s.add_argument("--gpu-memory", type=float, metavar="GIB",
-                   help="GiB to use per GPU at most; layers beyond it stream from the host")
+    _device_arguments(s)
     s.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     s.set_defaults(func=cmd_bench)
 

@@ -140,9 +140,9 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
     xp = backend(device)
     result = {"device": device, "prompt_len": prompt_len, "new_tokens": new_tokens}
     if bandwidth:
-        result["gemv_gb_s"] = round(gemv_bandwidth(xp), 2)
+        result["gemv_gb_s"] = gemv_bandwidth(xp)
         if xp is np:
-            result["widen_gb_s"] = round(widen_bandwidth(), 2)
+            result["widen_gb_s"] = widen_bandwidth()
     with peak_memory() as peaks:
         t0 = time.perf_counter()
         m = Model(checkpoint, device, gpu_memory=gpu_memory)
@@ -201,4 +201,5 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
             # The floor: reading one layer's active int8 bytes at the GEMV bandwidth.
             floor = result["layer_gb"] / result["gemv_gb_s"]
             result["bandwidth_efficiency"] = floor / result["layer_decode_s"]
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+    # Four significant digits: a small checkpoint's GB and seconds are fractions of a thousandth.
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}

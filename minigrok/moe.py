@@ -58,8 +58,9 @@ def moe(x, router, linear, linear_v, linear_1, *, num_selected: int):
     probs, ids, gates = route(x, router, num_selected)
     out = xp.zeros(x.shape, dtype=xp.float32)
     chosen = sorted(set(ids.ravel().tolist()))
-    # A layer streamed to a GPU starts copying the chosen experts now (else nothing happens).
-    stream.prefetch([_expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)], x)
+    # A layer streamed to a GPU starts copying the chosen experts now. A generator: on the CPU
+    # prefetch returns before it would make a single expert view.
+    stream.prefetch((_expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)), x)
     for e in chosen:
         rows, slot = xp.nonzero(ids == e)                                     # tokens choosing e
         y = expert(x[rows], _expert_weight(linear, e), _expert_weight(linear_v, e),

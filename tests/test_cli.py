@@ -3,6 +3,7 @@
 Each run costs a Python start-up, so the cases are few and each checks several things.
 """
 
+import json
 import re
 
 import numpy as np
@@ -59,6 +60,29 @@ def test_generate_from_text_prompt(tiny_dir, env):
     assert len(timing) == 1 and timing[0][0] == "1", r.stderr     # "Hello" is one token
     m = minigrok.load(tiny_dir, tokenizer=tokenizer_path())
     assert r.stdout == "".join(m.generate("Hello", max_new_tokens=3)) + "\n"
+
+
+def test_bench_json_holds_the_promised_figures(small_dir, env):
+    # small_dir: 3 layers, so the one-more-layer figures are there too.
+    r = run_cli("bench", "--checkpoint", small_dir, "--prompt-len", "3", "--new-tokens", "4",
+                "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.splitlines()
+    b = json.loads(line)
+    for key in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "peak_anon_mb",
+                "weight_gb_per_token", "gemv_gb_s", "widen_gb_s", "layer_decode_s",
+                "bandwidth_efficiency"):
+        assert isinstance(b[key], (int, float)), key
+    assert b["num_layers"] == 3 and b["prompt_len"] == 3 and b["new_tokens"] == 4
+    assert min(b["load_s"], b["prefill_tok_s"], b["decode_tok_s"], b["gemv_gb_s"],
+               b["widen_gb_s"]) > 0
+    assert 0 < b["peak_anon_mb"] <= b["peak_rss_mb"]
+    # The efficiency is the floor (one layer's int8 bytes at the GEMV bandwidth) over the
+    # measured layer time, as the README defines it.
+    floor = b["layer_gb"] / b["gemv_gb_s"]
+    # (each figure is rounded to 4 significant digits)
+    assert b["bandwidth_efficiency"] == pytest.approx(floor / b["layer_decode_s"], rel=3e-3)
+    assert b["weight_gb_per_token"] == pytest.approx(3 * b["layer_gb"], rel=2e-3)
 
 
 def test_tokenize(env):

@@ -23,6 +23,7 @@ from .xp import array_module, plain
 AHEAD = 6
 _copier = None
 _pending = {}                 # (host address, shape) -> Future of the GPU copy
+_streams = {}                 # GPU -> the copier's CUDA stream
 _lock = threading.Lock()
 
 
@@ -30,15 +31,28 @@ def _key(qw):
     return qw.weight.__array_interface__["data"][0], qw.weight.shape
 
 
-def _copy(qw, device: int):
-    """qw's int8 weight and scales copied to GPU ``device`` (runs on the copier thread)."""
+def _copy(qw, device: int, compute):
+    """qw's int8 weight and scales copied to GPU ``device`` (runs on the copier thread).
+
+    compute: the stream the model runs on. CuPy's memory pool gives a freed block back to the
+    stream that allocated it at once, even while the compute stream may still be reading it
+    (a kernel queued before the weight was dropped). So the copy first allocates, then waits
+    for everything queued on the compute stream by then: any block it was just given was
+    dropped before that point, and the kernels reading it were queued before they dropped it.
+    """
     import cupy
 
     with cupy.cuda.Device(device):
-        stream = cupy.cuda.Stream(non_blocking=True)     # does not wait for the compute
+        if device not in _streams:
+            _streams[device] = cupy.cuda.Stream(non_blocking=True)   # does not wait for compute
+        stream = _streams[device]
+        weight, scales = np.ascontiguousarray(qw.weight), np.ascontiguousarray(plain(qw.scales))
         with stream:
-            out = type(qw)(cupy.asarray(np.ascontiguousarray(qw.weight)),
-                           cupy.asarray(np.ascontiguousarray(plain(qw.scales))))
+            out = type(qw)(cupy.empty(weight.shape, weight.dtype),
+                           cupy.empty(scales.shape, scales.dtype))
+        stream.wait_event(compute.record())
+        out.weight.set(weight, stream=stream)
+        out.scales.set(scales, stream=stream)
         stream.synchronize()
     return out
 
@@ -52,6 +66,8 @@ def prefetch(weights, x):
     xp = array_module(x)
     if xp is np:
         return
+    import cupy
+
     device = x.device.id
     with _lock:
         for qw in weights:
@@ -61,7 +77,8 @@ def prefetch(weights, x):
                 break
             if _copier is None:
                 _copier = ThreadPoolExecutor(1, thread_name_prefix="minigrok-stream")
-            _pending[_key(qw)] = _copier.submit(_copy, qw, device)
+            _pending[_key(qw)] = _copier.submit(_copy, qw, device,
+                                                 cupy.cuda.get_current_stream())
 
 
 def fetch(qw):
@@ -71,5 +88,5 @@ def fetch(qw):
     with _lock:
         future = _pending.pop(_key(qw), None)
     if future is None:                                    # not queued: copy it now
-        return _copy(qw, cupy.cuda.Device().id)
+        return _copy(qw, cupy.cuda.Device().id, cupy.cuda.get_current_stream())
     return future.result()

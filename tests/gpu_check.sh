@@ -2,8 +2,10 @@
 # Every GPU check in one run, for a machine with an NVIDIA GPU and CuPy (about 5 minutes on an
 # H100, most of it writing the full-width checkpoint): the CuPy parity tests, then `bench`
 # on the tiny preset (resident, then streamed under a memory cap) and on two full-width
-# Grok-1 layers (resident, then streamed). Results go to $OUT (default /tmp/minigrok-gpu):
-# pytest.log and bench.jsonl, one JSON line per bench run, tagged with what it ran.
+# Grok-1 layers (resident, then streamed), then tests/gpu_profile.py on those layers. Results
+# go to $OUT (default /tmp/minigrok-gpu): pytest.log, bench.jsonl (one JSON line per bench
+# run, tagged with what it ran) and profile.jsonl. Each step has a time limit, so that one
+# that hangs leaves the others their time.
 #
 #     bash tests/gpu_check.sh            # FULL=0 skips the full-width part
 set -uo pipefail
@@ -19,12 +21,12 @@ $py -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__ver
 
 # 1. Parity: the same logits and tokens on the GPU (resident, streamed, split) as on the CPU,
 #    and the int8 GEMV kernel against x @ dequantize(W).
-$py -m pytest -q -p no:cacheprovider tests/test_cupy.py 2>&1 | tee "$out/pytest.log"
+timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_cupy.py 2>&1 | tee "$out/pytest.log"
 
 bench() {       # bench TAG ARGS...: one JSON line in bench.jsonl, tagged
     local tag="$1"; shift
     echo "== bench $tag: $*"
-    $py -m minigrok bench --json "$@" | $py -c "
+    timeout 120 $py -m minigrok bench --json "$@" | $py -c "
 import json, sys
 r = json.loads(sys.stdin.read()); r['tag'] = '$tag'; print(json.dumps(r))" | tee -a "$out/bench.jsonl"
 }
@@ -37,9 +39,11 @@ bench tiny-gpu-streamed --checkpoint "$work/tiny" --device cuda --gpu-memory 0.3
 
 # 3. Two full-width Grok-1 layers (13 GB): resident, then with 8 GiB (both layers streamed).
 if [ "${FULL:-1}" = 1 ]; then
-    time $py -m minigrok make-checkpoint --preset grok-1 --num-layers 2 --out "$work/grok2" --force
+    time timeout 240 $py -m minigrok make-checkpoint --preset grok-1 --num-layers 2 \
+        --out "$work/grok2" --force
     bench grok2-gpu --checkpoint "$work/grok2" --device cuda --prompt-len 16 --new-tokens 32
     bench grok2-gpu-streamed --checkpoint "$work/grok2" --device cuda --gpu-memory 8 \
         --prompt-len 16 --new-tokens 16
+    timeout 120 $py tests/gpu_profile.py "$work/grok2" 2>&1 | tee "$out/profile.jsonl"
 fi
 echo "results: $out"

@@ -32,6 +32,14 @@ class ndarray(numpy.ndarray):
     def get(self):
         return numpy.array(self)
 
+    def set(self, arr, stream=None):
+        """Host -> this array, on this array's device (like CuPy's ndarray.set)."""
+        if isinstance(arr, ndarray) or arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError("simulated cupy: set() needs a host array of the same shape and dtype")
+        if self.dev != _current[0]:
+            raise ValueError("simulated cupy: set() on an array of another device")
+        numpy.copyto(numpy.asarray(self), arr)
+
     def _check(self, args):
         if any(_is_host(a) for a in args):
             raise TypeError("simulated cupy: a numpy array in a cupy operation")
@@ -153,6 +161,14 @@ class Stream:
     def __init__(self, non_blocking=False):
         pass
 
+    def record(self):
+        event = Event()
+        event.record()
+        return event
+
+    def wait_event(self, event):
+        assert isinstance(event, Event)
+
     def __enter__(self):
         return self
 
@@ -195,6 +211,7 @@ def _elapsed(start, end):
 
 
 cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, get_elapsed_time=_elapsed,
+                             get_current_stream=Stream,
                              runtime=types.SimpleNamespace(getDeviceCount=lambda: NUM_DEVICES))
 
 

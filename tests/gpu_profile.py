@@ -1,0 +1,207 @@
+"""Where one decoded token's time goes on a GPU: run by tests/gpu_check.sh, prints JSON lines.
+
+    python3 tests/gpu_profile.py CHECKPOINT          # needs CuPy and a GPU
+
+For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of layer 0 through
+fast.int8_gemv (GB/s of int8 read); the host's cost of one small CuPy operation of each kind
+(the price of every launch in a decode step); one decode step through layer 0, whole and in
+parts (median of 20, synchronised); host-to-GPU copy rates of one expert matrix from the
+memory map and from pinned memory (what streaming could reach). Launch-bound shows as
+parts far slower than their bytes over the HBM rate, and as the op costs times the op count.
+"""
+
+import json
+import sys
+import time
+
+import cupy
+import numpy as np
+
+sys.path.insert(0, ".")
+from minigrok import fast  # noqa: E402
+from minigrok.api import Model  # noqa: E402
+from minigrok.attention import attention, new_cache  # noqa: E402
+from minigrok.layer import decoder_layer  # noqa: E402
+from minigrok.model import forward, model_params  # noqa: E402
+from minigrok.moe import _expert_weight, expert, moe, route  # noqa: E402
+from minigrok.rmsnorm import rms_norm  # noqa: E402
+
+
+def event_ms(fn, repeats=20):
+    """Median GPU milliseconds of fn() between two events (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return float(np.median(times))
+
+
+def wall_ms(fn, repeats=20):
+    """Median host milliseconds of fn() followed by a device synchronisation."""
+    fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        cupy.cuda.Device().synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def per_op_us(fn, n=2000):
+    """Host microseconds per call of fn over n calls, synchronised once at the end."""
+    fn()
+    cupy.cuda.Device().synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    cupy.cuda.Device().synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def emit(**row):
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+          flush=True)
+
+
+def hbm_rate():
+    """GB/s of a 2 GiB device-to-device copy, bytes read plus bytes written."""
+    src = cupy.empty(2**31, dtype=cupy.uint8)
+    dst = cupy.empty_like(src)
+    ms = event_ms(lambda: cupy.copyto(dst, src), 10)
+    return 2 * src.nbytes / ms / 1e6
+
+
+def section(fn, *args):
+    """Run one part; a failure is reported as a row and the next part still runs."""
+    try:
+        return fn(*args)
+    except Exception as e:          # noqa: BLE001  (a profile reports, it does not stop)
+        emit(what="error", part=fn.__name__, error=f"{type(e).__name__}: {e}"[:500])
+
+
+def main(checkpoint):
+    hbm = hbm_rate()
+    emit(what="hbm_copy", gb_s=hbm)
+    section(op_costs)
+    m = Model(checkpoint, "cuda")
+    section(gemvs, m, hbm)
+    section(layer_step, m, hbm)
+    section(host_copies, m)
+    emit(what="done")
+
+
+def op_costs():
+    v = cupy.ones(6144, dtype=cupy.float32)
+    a = cupy.ones((1, 6144), dtype=cupy.float32)
+    scale = cupy.ones(6144, dtype=cupy.float32)
+    ek = cupy.ElementwiseKernel("float32 x, float32 y", "float32 z", "z = x * y", "mg_mul")
+    raw = cupy.RawKernel(r'extern "C" __global__ void mg_copy(const float* x, float* y)'
+                         r'{ y[threadIdx.x] = x[threadIdx.x]; }', "mg_copy")
+    out = cupy.empty_like(v)
+    emit(what="op_us", ufunc_mul=per_op_us(lambda: v * v),
+         elementwise_kernel=per_op_us(lambda: ek(v, v)),
+         raw_kernel=per_op_us(lambda: raw((24,), (256,), (v, out))),
+         reduction_sum=per_op_us(lambda: v.sum()),
+         rms_norm=per_op_us(lambda: rms_norm(a, scale), 500),
+         einsum=per_op_us(lambda: cupy.einsum("tkgd,skd->kgts", a.reshape(1, 8, 6, 128),
+                                              cupy.ones((17, 8, 128), cupy.float32)), 500),
+         host_sync=per_op_us(lambda: int(v[0]), 500))
+
+
+def gemvs(m, hbm):
+    cfg, layer = m.config, m.params["layers"][0]
+    att, experts = layer["multi_head_attention"], layer["moe"]
+    x = cupy.random.standard_normal((1, cfg.emb_size), dtype=cupy.float32)
+    for name, qw in [(n, att[n]) for n in ("query", "key", "value", "linear")] + \
+            [("expert0/" + n, _expert_weight(experts[n], 0)) for n in ("linear", "linear_v", "linear_1")]:
+        xin = x if qw.weight.shape[0] == cfg.emb_size else \
+            cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
+        ms = event_ms(lambda: fast.int8_gemv(xin, qw.weight, qw.scales))
+        grid, _, _, _ = fast.gemv_launch(*qw.weight.shape, qw.scales.shape[0])
+        partial = cupy.ones((grid[1], qw.weight.shape[1]), dtype=cupy.float32)
+        emit(what="gemv", matrix=name, shape=list(qw.weight.shape), ms=ms,
+             gb_s=qw.weight.nbytes / ms / 1e6, efficiency=qw.weight.nbytes / ms / 1e6 / hbm,
+             partial_sum_ms=event_ms(lambda: partial.sum(axis=0, keepdims=True)),
+             host_us=per_op_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales), 200))
+        if name.startswith("expert0"):
+            section(gemv_rows_sweep, xin, qw, hbm)
+
+
+def gemv_rows_sweep(x, qw, hbm):
+    """The kernel alone (no partial sum) at other rows-per-block than fast.GEMV_ROWS."""
+    fast.int8_gemv(x, qw.weight, qw.scales)                 # compiles the kernel
+    n_in, n_out = qw.weight.shape
+    rows_per_scale = n_in // qw.scales.shape[0]
+    row = {}
+    for rows in (32, 64, 128, 256, 512, 1024, 2048):
+        if rows_per_scale % rows:
+            continue
+        grid = (-(-n_out // 512), n_in // rows)
+        partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
+        args = (x[0], qw.weight, qw.scales, partial, cupy.int32(n_out), cupy.int32(rows),
+                cupy.int32(rows_per_scale))
+        ms = event_ms(lambda: fast._gemv_kernel(grid, (32, 8), args))
+        row[f"rows{rows}_gb_s"] = qw.weight.nbytes / ms / 1e6
+    emit(what="gemv_rows", shape=[n_in, n_out], hbm_gb_s=hbm, **row)
+
+
+def layer_step(m, hbm):
+    """One decode step through layer 0 at position 16, whole and in parts."""
+    cfg, layer = m.config, m.params["layers"][0]
+    att, experts = layer["multi_head_attention"], layer["moe"]
+    prompt = cupy.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, 16))
+    cache = new_cache(cfg.num_layers, 64, cfg.num_kv_heads, cfg.key_size)
+    forward(m.params, cfg, prompt, cache)
+    keep = cupy.ones(1, dtype=bool)
+    h = cupy.random.standard_normal((1, cfg.emb_size), dtype=cupy.float32)
+    xn = rms_norm(h, layer["rms_norm"])
+
+    def attend():
+        return attention(xn, **att, num_q_heads=cfg.num_q_heads, num_kv_heads=cfg.num_kv_heads,
+                         key_size=cfg.key_size, multiplier=cfg.attn_output_multiplier,
+                         keep=keep, offset=16, cache=cache, layer=0)
+
+    ids = route(xn, layer["router"], cfg.num_selected_experts)[1]
+    e = int(ids[0, 0])
+    active = sum(w.weight.nbytes for w in att.values()) + \
+        2 * sum(_expert_weight(experts[n], 0).weight.nbytes for n in experts)
+    step = wall_ms(lambda: decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache))
+    emit(what="layer_decode", ms=step, floor_ms=active / hbm / 1e6,
+         efficiency=active / hbm / 1e6 / step,
+         rms_norm_ms=wall_ms(lambda: rms_norm(h, layer["rms_norm"])),
+         attention_ms=wall_ms(attend),
+         moe_ms=wall_ms(lambda: moe(xn, layer["router"], **experts,
+                                    num_selected=cfg.num_selected_experts)),
+         route_ms=wall_ms(lambda: route(xn, layer["router"], cfg.num_selected_experts)),
+         expert_ms=wall_ms(lambda: expert(xn, *(_expert_weight(experts[n], e) for n in
+                                                ("linear", "linear_v", "linear_1")))),
+         step_gpu_ms=event_ms(lambda: decoder_layer(h, layer, cfg, keep=keep, offset=16,
+                                                     cache=cache)))
+
+
+def host_copies(m):
+    """Host -> GPU copies of one expert matrix (what a streamed layer sends), pageable vs pinned."""
+    cfg = m.config
+    host = model_params(m.checkpoint.params, cfg.num_layers)["layers"][0]["moe"]["linear"]
+    host = np.asarray(host.weight[1])
+    np.asarray(host).sum()                                   # in the page cache
+    dev = cupy.empty(host.shape, host.dtype)
+    pinned_mem = cupy.cuda.alloc_pinned_memory(host.nbytes)
+    pinned = np.frombuffer(pinned_mem, host.dtype, host.size).reshape(host.shape)
+    pinned[...] = host
+    emit(what="host_copy", mb=host.nbytes / 1e6,
+         pageable_gb_s=host.nbytes / wall_ms(lambda: dev.set(host), 5) / 1e6,
+         pinned_gb_s=host.nbytes / wall_ms(lambda: dev.set(pinned), 5) / 1e6,
+         memcpy_to_pinned_gb_s=host.nbytes / (per_op_us(
+             lambda: np.copyto(pinned, host), 5) / 1e3) / 1e6)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

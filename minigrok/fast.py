@@ -201,26 +201,37 @@ def matmul_transposed(h, matrix, threads: int | None = None):
 #   * the 8 row lanes of a block (threadIdx.y) take every 8th row of the block's row range,
 #     then add their sums in shared memory;
 #   * a row range never crosses a scale block, so the scale multiplies the range's sum once;
-#   * each block writes one partial row [n_out]; CuPy adds the partial rows. No atomics: the
-#     sum is the same on every run.
+#   * each block writes one partial row [n_out]; the last block of a column tile to finish
+#     adds the tile's partial rows in row order. No float atomics: the sum is the same on
+#     every run, and one launch gives y.
+#
+# Row ranges are 256 rows for Grok-1's experts and shorter for smaller matrices, so that every
+# product has ~1000 blocks to spread over the GPU's 132 multiprocessors (an H200 read a key
+# projection, 6144 x 1024, at 150 GB/s with 48 blocks of 256 rows).
 
 GEMV_COLUMNS = 16        # output columns per thread (one 16-byte load of int8)
 GEMV_WARPS = 32          # threads along the columns (blockDim.x)
 GEMV_LANES = 8           # row lanes per block (blockDim.y)
 GEMV_ROWS = 256          # rows per block at most (a divisor of the scale block's rows)
+GEMV_MIN_ROWS = 32       # ... and at least, where the scale blocks allow
+GEMV_BLOCKS = 1024       # blocks wanted per launch: ~8 per multiprocessor
 
 _GEMV_SOURCE = r"""
 extern "C" __global__ void int8_gemv(
         const float* __restrict__ x,                // [n_in]
         const signed char* __restrict__ w,          // [n_in, n_out], rows 16-byte aligned
         const unsigned short* __restrict__ scales,  // [n_blocks, n_out] bfloat16 bits
-        float* __restrict__ partial,                // [n_in / rows, n_out]
+        float* __restrict__ partial,                // [n_in / rows, n_out] scratch
+        unsigned int* __restrict__ arrived,         // [gridDim.x] zeros, left as zeros
+        float* __restrict__ y,                      // [n_out]
         int n_out, int rows, int rows_per_scale) {
     const int COLUMNS = 16, WARPS = 32, LANES = 8;
     __shared__ float sums[LANES][WARPS * COLUMNS];
+    __shared__ bool last;
     int tile = blockIdx.x * WARPS * COLUMNS;               // first column of this block
     int col = tile + threadIdx.x * COLUMNS;                // first column of this thread
     int row0 = blockIdx.y * rows;
+    int me = threadIdx.y * WARPS + threadIdx.x;            // 0 .. 255
     float acc[COLUMNS];
     for (int j = 0; j < COLUMNS; j++) acc[j] = 0.0f;
     if (col < n_out) {
@@ -237,13 +248,25 @@ extern "C" __global__ void int8_gemv(
     __syncthreads();
     // The 256 threads now add the 8 lanes of the 512 columns, two columns each.
     const unsigned short* s = scales + (size_t)(row0 / rows_per_scale) * n_out;
-    for (int c = threadIdx.y * WARPS + threadIdx.x; c < WARPS * COLUMNS; c += WARPS * LANES) {
-        if (tile + c >= n_out) break;
+    for (int c = me; c < WARPS * COLUMNS && tile + c < n_out; c += WARPS * LANES) {
         float total = 0.0f;
         for (int lane = 0; lane < LANES; lane++) total += sums[lane][c];
         float scale = __uint_as_float((unsigned int)s[tile + c] << 16);   // bf16 -> fp32
         partial[(size_t)blockIdx.y * n_out + tile + c] = total * scale;
     }
+    // Count this block in. The tile's last block to arrive sees every partial row (each
+    // writer fenced before it was counted) and adds them in row order.
+    __threadfence();
+    __syncthreads();
+    if (me == 0) last = atomicAdd(&arrived[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    for (int c = me; c < WARPS * COLUMNS && tile + c < n_out; c += WARPS * LANES) {
+        float total = 0.0f;
+        for (int b = 0; b < gridDim.y; b++) total += __ldcg(partial + (size_t)b * n_out + tile + c);
+        y[tile + c] = total;
+    }
+    if (me == 0) arrived[blockIdx.x] = 0;
 }
 """
 _gemv_kernel = None
@@ -266,15 +289,19 @@ def int8_gemv(x, weight, scales):
     n_in, n_out = weight.shape
     grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[0])
     partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
+    y = cupy.empty((1, n_out), dtype=cupy.float32)
     _gemv_kernel(grid, block, (cupy.ascontiguousarray(x[0], dtype=cupy.float32), weight,
-                               cupy.ascontiguousarray(scales), partial, cupy.int32(n_out),
+                               cupy.ascontiguousarray(scales), partial,
+                               cupy.zeros(grid[0], dtype=cupy.uint32), y, cupy.int32(n_out),
                                cupy.int32(rows), cupy.int32(rows_per_scale)))
-    return partial.sum(axis=0, keepdims=True)
+    return y
 
 
 def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
     """The kernel's launch: (grid, block, rows per block, rows per scale block)."""
     rows_per_scale = n_in // n_scale_blocks
     rows = math.gcd(rows_per_scale, GEMV_ROWS)          # a block's rows stay in one scale block
-    grid = (-(-n_out // (GEMV_WARPS * GEMV_COLUMNS)), n_in // rows)
-    return grid, (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale
+    tiles = -(-n_out // (GEMV_WARPS * GEMV_COLUMNS))
+    while rows % 2 == 0 and rows > GEMV_MIN_ROWS and tiles * (n_in // rows) < GEMV_BLOCKS:
+        rows //= 2
+    return (tiles, n_in // rows), (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale

@@ -6,7 +6,8 @@
 //   emulate_cuda GRID_X GRID_Y BLOCK_X BLOCK_Y N_IN N_OUT ROWS ROWS_PER_SCALE IN OUT
 //
 // IN holds x (float32 [N_IN]), then w (int8 [N_IN, N_OUT]), then the scales (bf16 bits,
-// uint16 [N_IN / ROWS_PER_SCALE, N_OUT]); OUT receives partial (float32 [GRID_Y, N_OUT]).
+// uint16 [N_IN / ROWS_PER_SCALE, N_OUT]); OUT receives y (float32 [N_OUT]), then the arrival
+// counters (uint32 [GRID_X], which the kernel must leave as the zeros it was given).
 #include <barrier>
 #include <cstdio>
 #include <cstdlib>
@@ -16,11 +17,15 @@
 
 struct dim3 { int x = 0, y = 0, z = 0; };
 thread_local dim3 threadIdx;
-dim3 blockIdx;
+dim3 blockIdx, gridDim;
 static std::barrier<>* block_barrier;
 struct alignas(16) int4 { int x, y, z, w; };
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+// Blocks run one after the other, so every write is seen by the next block without a fence.
+inline void __threadfence() {}
+inline float __ldcg(const float* p) { return *p; }
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 #define __global__
 #define __restrict__
 // Shared memory becomes a function-static array: one copy that all threads of a block see,
@@ -33,8 +38,10 @@ int main(int argc, char** argv) {
     int gx = std::atoi(argv[1]), gy = std::atoi(argv[2]), bx = std::atoi(argv[3]),
         by = std::atoi(argv[4]), n_in = std::atoi(argv[5]), n_out = std::atoi(argv[6]),
         rows = std::atoi(argv[7]), rows_per_scale = std::atoi(argv[8]);
+    gridDim.x = gx; gridDim.y = gy; gridDim.z = 1;
     size_t nw = (size_t)n_in * n_out, ns = (size_t)(n_in / rows_per_scale) * n_out;
-    std::vector<float> x(n_in), partial((size_t)gy * n_out);
+    std::vector<float> x(n_in), partial((size_t)gy * n_out), y(n_out, -1.0f);
+    std::vector<unsigned int> arrived(gx, 0);
     signed char* w = static_cast<signed char*>(std::aligned_alloc(16, (nw + 15) / 16 * 16));
     std::vector<unsigned short> scales(ns);
     FILE* in = std::fopen(argv[9], "rb");
@@ -51,13 +58,15 @@ int main(int argc, char** argv) {
                 for (int tx = 0; tx < bx; tx++)
                     threads.emplace_back([&, tx, ty] {
                         threadIdx.x = tx; threadIdx.y = ty;
-                        int8_gemv(x.data(), w, scales.data(), partial.data(), n_out, rows, rows_per_scale);
+                        int8_gemv(x.data(), w, scales.data(), partial.data(), arrived.data(), y.data(),
+                                  n_out, rows, rows_per_scale);
                     });
             for (auto& t : threads) t.join();
         }
     }
     FILE* out = std::fopen(argv[10], "wb");
-    std::fwrite(partial.data(), 4, partial.size(), out);
+    std::fwrite(y.data(), 4, y.size(), out);
+    std::fwrite(arrived.data(), 4, arrived.size(), out);
     std::fclose(out);
     std::free(w);
     return 0;

@@ -32,6 +32,15 @@ def new_cache(num_layers: int, size: int, num_kv_heads: int, key_size: int):
             "shape": (size, num_kv_heads, key_size), "length": 0}
 
 
+def layer_cache(cache, layer: int, xp):
+    """(k [S, K, d], v [S, K, d], keep [S]) of cache layer ``layer``, zeros made on first use."""
+    if cache["k"][layer] is None:
+        for name, like in (("k", xp.float32), ("v", xp.float32), ("keep", bool)):
+            shape = cache["shape"] if name != "keep" else cache["shape"][:1]
+            cache[name][layer] = xp.zeros(shape, dtype=like)
+    return cache["k"][layer], cache["v"][layer], cache["keep"][layer]
+
+
 def attention_weights(q, k, keep, offset: int, multiplier: float):
     """Soft-capped, masked, normalised scores.
 
@@ -76,10 +85,7 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
         trace.update(q=q, k=k, v=v)
     if cache is not None:
         end = offset + T
-        if cache["k"][layer] is None:
-            for name, like in (("k", xp.float32), ("v", xp.float32), ("keep", bool)):
-                shape = cache["shape"] if name != "keep" else cache["shape"][:1]
-                cache[name][layer] = xp.zeros(shape, dtype=like)
+        layer_cache(cache, layer, xp)
         cache["k"][layer][offset:end], cache["v"][layer][offset:end] = k, v
         cache["keep"][layer][offset:end] = keep
         k, v, keep = cache["k"][layer][:end], cache["v"][layer][:end], cache["keep"][layer][:end]

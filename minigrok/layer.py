@@ -8,6 +8,7 @@ them still produces plausible text. The four norms are named in the order the of
 code creates them, which is the order of their checkpoint files.
 """
 
+from . import fast
 from .attention import attention
 from .moe import moe
 from .rmsnorm import rms_norm
@@ -23,7 +24,13 @@ def decoder_layer(h, layer: dict, cfg, *, keep, offset: int = 0, cache=None, ind
     ``trace``, when given, receives every intermediate in computation order (attn_in, the
     attention's own, attn_out, after_attn, moe_in, router_probs, expert_ids, expert_gates,
     moe_out, layer_out); nothing else changes.
+
+    On a GPU one cached token (decoding) goes through fast.decode_layer instead: the same
+    steps in a few kernels, since these ~150 small operations cost more launches than the
+    weights cost reading. A ``trace`` keeps it on the code below.
     """
+    if trace is None and fast.decode_fits(h, cache, offset, cfg):
+        return fast.decode_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=index)
     x = rms_norm(h, layer["rms_norm"])
     if trace is not None:
         trace["attn_in"] = x

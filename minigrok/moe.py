@@ -44,7 +44,7 @@ def expert(x, linear_w, linear_v, linear_1):
     return quant.linear(gelu(quant.linear(x, linear_w)) * quant.linear(x, linear_v), linear_1)
 
 
-def _expert_weight(w, e):
+def expert_weight(w, e):
     """Expert e of a stacked [E, in, out] weight (a view: only its pages are ever read)."""
     return type(w)(w.weight[e], w.scales[e]) if hasattr(w, "scales") else w[e]
 
@@ -60,10 +60,10 @@ def moe(x, router, linear, linear_v, linear_1, *, num_selected: int):
     chosen = sorted(set(ids.ravel().tolist()))
     # A layer streamed to a GPU starts copying the chosen experts now. A generator: on the CPU
     # prefetch returns before it would make a single expert view.
-    stream.prefetch((_expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)), x)
+    stream.prefetch((expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)), x)
     for e in chosen:
         rows, slot = xp.nonzero(ids == e)                                     # tokens choosing e
-        y = expert(x[rows], _expert_weight(linear, e), _expert_weight(linear_v, e),
-                   _expert_weight(linear_1, e))
+        y = expert(x[rows], expert_weight(linear, e), expert_weight(linear_v, e),
+                   expert_weight(linear_1, e))
         out[rows] += gates[rows, slot][:, None] * y
     return out, probs, ids, gates

@@ -23,7 +23,7 @@ from minigrok.api import Model  # noqa: E402
 from minigrok.attention import attention, new_cache  # noqa: E402
 from minigrok.layer import decoder_layer  # noqa: E402
 from minigrok.model import forward, model_params  # noqa: E402
-from minigrok.moe import _expert_weight, expert, moe, route  # noqa: E402
+from minigrok.moe import expert_weight, expert, moe, route  # noqa: E402
 from minigrok.rmsnorm import rms_norm  # noqa: E402
 
 
@@ -120,7 +120,7 @@ def gemvs(m, hbm):
     att, experts = layer["multi_head_attention"], layer["moe"]
     x = cupy.random.standard_normal((1, cfg.emb_size), dtype=cupy.float32)
     for name, qw in [(n, att[n]) for n in ("query", "key", "value", "linear")] + \
-            [("expert0/" + n, _expert_weight(experts[n], 0)) for n in ("linear", "linear_v", "linear_1")]:
+            [("expert0/" + n, expert_weight(experts[n], 0)) for n in ("linear", "linear_v", "linear_1")]:
         xin = x if qw.weight.shape[0] == cfg.emb_size else \
             cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
         ms = event_ms(lambda: fast.int8_gemv(xin, qw.weight, qw.scales))
@@ -171,7 +171,7 @@ def layer_step(m, hbm):
     ids = route(xn, layer["router"], cfg.num_selected_experts)[1]
     e = int(ids[0, 0])
     active = sum(w.weight.nbytes for w in att.values()) + \
-        2 * sum(_expert_weight(experts[n], 0).weight.nbytes for n in experts)
+        2 * sum(expert_weight(experts[n], 0).weight.nbytes for n in experts)
     step = wall_ms(lambda: decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache))
     emit(what="layer_decode", ms=step, floor_ms=active / hbm / 1e6,
          efficiency=active / hbm / 1e6 / step,
@@ -180,7 +180,7 @@ def layer_step(m, hbm):
          moe_ms=wall_ms(lambda: moe(xn, layer["router"], **experts,
                                     num_selected=cfg.num_selected_experts)),
          route_ms=wall_ms(lambda: route(xn, layer["router"], cfg.num_selected_experts)),
-         expert_ms=wall_ms(lambda: expert(xn, *(_expert_weight(experts[n], e) for n in
+         expert_ms=wall_ms(lambda: expert(xn, *(expert_weight(experts[n], e) for n in
                                                 ("linear", "linear_v", "linear_1")))),
          step_gpu_ms=event_ms(lambda: decoder_layer(h, layer, cfg, keep=keep, offset=16,
                                                      cache=cache)))

@@ -208,6 +208,75 @@ class RawKernel:
         y[0] = partial.sum(axis=0)
 
 
+class RawModule:
+    """fast._DECODE_SOURCE's kernels as numpy functions of the same launch and arguments."""
+
+    def __init__(self, code, options=()):
+        assert "__global__" in code and "--fmad=false" in options
+
+    def get_function(self, name):
+        kernel = getattr(_DecodeKernels, name)
+
+        def launch(grid, block, args, shared_mem=0):
+            kernel(grid, block, shared_mem, *(numpy.asarray(a) if isinstance(a, ndarray) else a
+                                               for a in args))
+        return launch
+
+
+class _DecodeKernels:
+    @staticmethod
+    def rms_norm(grid, block, shared_mem, x, scale, residual, has_residual, out, n, eps):
+        assert grid == (1,) and x.size == n == out.size
+        y = x.ravel() / numpy.sqrt((x.ravel() * x.ravel()).mean() + eps) * scale
+        out.ravel()[:] = residual.ravel() + y if has_residual else y
+
+    @staticmethod
+    def rope_and_cache(grid, block, shared_mem, q, k, v, keep, q_rot, cache_k, cache_v,
+                       cache_keep, pos, H, K, d, base):
+        assert grid[0] * block[0] >= max((H + K) * d // 2, K * d)
+        half = d // 2
+        angle = numpy.float32(pos) * (1 / base ** (numpy.arange(0, d, 2, dtype=numpy.float32) / d))
+        c, s = numpy.cos(angle), numpy.sin(angle)
+
+        def rotate(x):
+            x1, x2 = x[..., :half], x[..., half:]
+            return numpy.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+        q_rot.reshape(H, d)[:] = rotate(q.reshape(H, d))
+        cache_k[pos] = rotate(k.reshape(K, d))
+        cache_v[pos] = v.reshape(K, d)
+        cache_keep[pos] = keep[0]
+
+    @staticmethod
+    def attention_decode(grid, block, shared_mem, q_rot, cache_k, cache_v, cache_keep, out, S,
+                         K, G, d, multiplier):
+        assert grid == (K * G,) and shared_mem >= (32 + S) * 4 and block[0] % 32 == 0
+        q = q_rot.reshape(K, G, d)
+        scores = numpy.einsum("kgd,skd->kgs", q, cache_k[:S]) * multiplier
+        scores = numpy.where(cache_keep[:S], 30 * numpy.tanh(scores / 30), numpy.float32(-1e30))
+        p = numpy.exp(scores - scores.max(axis=-1, keepdims=True))
+        p = p / p.sum(axis=-1, keepdims=True)
+        out.reshape(K, G, d)[:] = numpy.einsum("kgs,skd->kgd", p, cache_v[:S])
+
+    @staticmethod
+    def route_top_k(grid, block, shared_mem, logits, probs, ids, gates, E, k):
+        p = numpy.exp(logits.ravel() - logits.max())
+        probs[:] = p / p.sum()
+        ids[:] = numpy.argsort(-probs, kind="stable")[:k]
+        gates[:] = probs[ids]
+
+    @staticmethod
+    def gelu_mul(grid, block, shared_mem, a, b, out, n):
+        assert grid[0] * block[0] >= n == a.size
+        x = a.ravel()
+        c = numpy.float32(0.7978845608028654)
+        out.ravel()[:] = 0.5 * x * (1 + numpy.tanh(c * (x + numpy.float32(0.044715) * x**3))) * b.ravel()
+
+    @staticmethod
+    def add_scaled(grid, block, shared_mem, gate, y, m, n):
+        assert grid[0] * block[0] >= n == m.size and gate.size == 1
+        m.ravel()[:] += gate[0] * y.ravel()
+
+
 def _elapsed(start, end):
     return (end.t - start.t) * 1e3
 

@@ -172,18 +172,21 @@ def layer_step(m, hbm):
     e = int(ids[0, 0])
     active = sum(w.weight.nbytes for w in att.values()) + \
         2 * sum(expert_weight(experts[n], 0).weight.nbytes for n in experts)
-    step = wall_ms(lambda: decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache))
-    emit(what="layer_decode", ms=step, floor_ms=active / hbm / 1e6,
-         efficiency=active / hbm / 1e6 / step,
+    def step(trace=None):            # a trace keeps decoder_layer on the teaching path
+        return decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, trace=trace)
+
+    fused, teaching = wall_ms(step), wall_ms(lambda: step({}))
+    emit(what="layer_decode", ms=fused, teaching_ms=teaching, floor_ms=active / hbm / 1e6,
+         efficiency=active / hbm / 1e6 / fused, teaching_efficiency=active / hbm / 1e6 / teaching,
+         step_gpu_ms=event_ms(step), teaching_gpu_ms=event_ms(lambda: step({})),
+         host_us=per_op_us(step, 50),
          rms_norm_ms=wall_ms(lambda: rms_norm(h, layer["rms_norm"])),
          attention_ms=wall_ms(attend),
          moe_ms=wall_ms(lambda: moe(xn, layer["router"], **experts,
                                     num_selected=cfg.num_selected_experts)),
          route_ms=wall_ms(lambda: route(xn, layer["router"], cfg.num_selected_experts)),
          expert_ms=wall_ms(lambda: expert(xn, *(expert_weight(experts[n], e) for n in
-                                                ("linear", "linear_v", "linear_1")))),
-         step_gpu_ms=event_ms(lambda: decoder_layer(h, layer, cfg, keep=keep, offset=16,
-                                                     cache=cache)))
+                                               ("linear", "linear_v", "linear_1")))))
 
 
 def host_copies(m):

@@ -66,6 +66,40 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
     assert np.all(np.abs(two - ref) <= 1e-5 * bound + 1e-30)
 
 
+# -- decoding: one token through a layer in a few kernels ----------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(pads=st.lists(st.booleans(), min_size=1, max_size=40), layer=st.integers(0, 11),
+       seed=st.integers(0, 2**32 - 1))
+def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
+    # pads: which tokens are padding (keys never attended to); all of them padding is the
+    # official code's uniform average over every key
+    from minigrok.attention import new_cache
+    from minigrok.layer import decoder_layer
+
+    m = minigrok.load(tiny_dir, device="cuda")
+    cfg, params = m.config, m.params["layers"][layer]
+    rng = np.random.default_rng(seed)
+    T = len(pads)
+    h = cupy.asarray(rng.standard_normal((T, cfg.emb_size)).astype(np.float32) * 3)
+    keep = cupy.asarray(~np.array(pads))
+    caches = [new_cache(1, T + 1, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
+    for cache in caches:                     # the same earlier tokens in both caches
+        if T > 1:
+            decoder_layer(h[:-1], params, cfg, keep=keep[:-1], cache=cache)
+    assert fast.decode_fits(h[-1:], caches[1], T - 1, cfg)
+    want = decoder_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[0],
+                         trace={})             # a trace keeps the teaching path
+    got = fast.decode_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[1],
+                            index=0)
+    assert got.shape == (1, cfg.emb_size) and got.dtype == np.float32
+    want, got = want.get(), got.get()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    for name in ("k", "v", "keep"):          # the token's key and value written alike
+        assert np.allclose(caches[1][name][0].get(), caches[0][name][0].get(), rtol=1e-5,
+                           atol=1e-6)
+
+
 # -- the memory plan: streamed layers, several GPUs ----------------------------------------------
 
 def test_streamed_layers_compute_what_resident_ones_do(tiny_dir):

@@ -6,10 +6,16 @@ layer, and that is all that crosses to the GPU. Copies run on one background thr
 order asked for, on their own CUDA stream: once a layer knows what it needs (attention
 asks for its four matrices on entry, the MoE for its experts' six once the router has
 chosen), the copies queue back to back and the GPU multiplies by each matrix while the next
-ones are still on their way. The host side reads the memory map straight from the page
-cache (or disk); nothing holds a whole layer anywhere.
+ones are still on their way. Nothing holds a whole layer anywhere.
+
+A copy from ordinary (pageable) host memory runs at ~8.5 GB/s on an H200 machine: the
+driver stages it through its own pinned buffer on one thread. minigrok stages it itself:
+several threads copy 64 MB pieces of the memory map into two pinned buffers in turn, and
+each piece goes to the GPU asynchronously while the next is filled (pinned to GPU measured
+54 GB/s there; one thread's memcpy 10.8 GB/s).
 """
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,9 +27,14 @@ from .xp import array_module, plain
 # layer. A prefill that routes to all 8 experts gets the rest copied as each is used, so the
 # GPU never holds more than the memory plan's streaming reserve allows for.
 AHEAD = 6
+STAGE_BYTES = 64 << 20        # one pinned staging buffer (two are used in turn)
+STAGE_THREADS = min(8, os.cpu_count() or 1)   # threads filling a staging buffer
 _copier = None
+_filler_pool = None
 _pending = {}                 # (host address, shape) -> Future of the GPU copy
 _streams = {}                 # GPU -> the copier's CUDA stream
+_staging = []                 # [pinned numpy uint8 buffer, event of its last upload or None]
+_stage_lock = threading.Lock()
 _lock = threading.Lock()
 
 
@@ -51,10 +62,50 @@ def _copy(qw, device: int, compute):
             out = type(qw)(cupy.empty(weight.shape, weight.dtype),
                            cupy.empty(scales.shape, scales.dtype))
         stream.wait_event(compute.record())
-        out.weight.set(weight, stream=stream)
-        out.scales.set(scales, stream=stream)
+        _upload(weight, out.weight, stream)
+        _upload(scales, out.scales, stream)
         stream.synchronize()
     return out
+
+
+def _upload(host, device_array, stream):
+    """host (numpy, contiguous) -> device_array through the pinned staging buffers, on stream.
+
+    Small arrays (scales) go straight from pageable memory.
+    """
+    import cupy
+
+    if host.nbytes < STAGE_BYTES // 64:
+        device_array.set(host, stream=stream)
+        return
+    with _stage_lock:                        # the copier thread and fetch() may both copy
+        _staged_upload(host, device_array, stream, cupy)
+
+
+def _staged_upload(host, device_array, stream, cupy):
+    if not _staging:
+        _staging.extend([np.frombuffer(cupy.cuda.alloc_pinned_memory(STAGE_BYTES), np.uint8,
+                                       STAGE_BYTES), None] for _ in range(2))
+    src, dst = host.reshape(-1).view(np.uint8), device_array.reshape(-1).view(cupy.uint8)
+    size = len(_staging[0][0])
+    for i, start in enumerate(range(0, src.size, size)):
+        buffer = _staging[i % 2]
+        if buffer[1] is not None:
+            buffer[1].synchronize()          # its last piece has reached the GPU
+        piece = src[start:start + size]
+        stage = buffer[0][:piece.size]
+        step = -(-piece.size // STAGE_THREADS)
+        list(_fillers().map(lambda a: np.copyto(stage[a:a + step], piece[a:a + step]),
+                            range(0, piece.size, step)))
+        dst[start:start + piece.size].set(stage, stream=stream)
+        buffer[1] = stream.record()
+
+
+def _fillers():
+    global _filler_pool
+    if _filler_pool is None:
+        _filler_pool = ThreadPoolExecutor(STAGE_THREADS, thread_name_prefix="minigrok-stage")
+    return _filler_pool
 
 
 def prefetch(weights, x):

@@ -124,18 +124,15 @@ def gemvs(m, hbm):
         xin = x if qw.weight.shape[0] == cfg.emb_size else \
             cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
         ms = event_ms(lambda: fast.int8_gemv(xin, qw.weight, qw.scales))
-        grid, _, _, _ = fast.gemv_launch(*qw.weight.shape, qw.scales.shape[0])
-        partial = cupy.ones((grid[1], qw.weight.shape[1]), dtype=cupy.float32)
         emit(what="gemv", matrix=name, shape=list(qw.weight.shape), ms=ms,
              gb_s=qw.weight.nbytes / ms / 1e6, efficiency=qw.weight.nbytes / ms / 1e6 / hbm,
-             partial_sum_ms=event_ms(lambda: partial.sum(axis=0, keepdims=True)),
              host_us=per_op_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales), 200))
         if name.startswith("expert0"):
             section(gemv_rows_sweep, xin, qw, hbm)
 
 
 def gemv_rows_sweep(x, qw, hbm):
-    """The kernel alone (no partial sum) at other rows-per-block than fast.GEMV_ROWS."""
+    """The kernel at other rows per block than fast.gemv_launch picks."""
     fast.int8_gemv(x, qw.weight, qw.scales)                 # compiles the kernel
     n_in, n_out = qw.weight.shape
     rows_per_scale = n_in // qw.scales.shape[0]
@@ -145,8 +142,9 @@ def gemv_rows_sweep(x, qw, hbm):
             continue
         grid = (-(-n_out // 512), n_in // rows)
         partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
-        args = (x[0], qw.weight, qw.scales, partial, cupy.int32(n_out), cupy.int32(rows),
-                cupy.int32(rows_per_scale))
+        y = cupy.empty((1, n_out), dtype=cupy.float32)
+        args = (x[0], qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
+                cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale))
         ms = event_ms(lambda: fast._gemv_kernel(grid, (32, 8), args))
         row[f"rows{rows}_gb_s"] = qw.weight.nbytes / ms / 1e6
     emit(what="gemv_rows", shape=[n_in, n_out], hbm_gb_s=hbm, **row)

@@ -117,6 +117,26 @@ def test_streamed_layers_compute_what_resident_ones_do(tiny_dir):
         list(minigrok.load(tiny_dir).generate_ids([5, 17, 300], **kwargs))
 
 
+@settings(max_examples=10, deadline=None)
+@given(n_bytes=st.integers(1, 20000), stage=st.sampled_from([4096, 4099, 65536]),
+       seed=st.integers(0, 2**32 - 1))
+def test_streamed_copies_arrive_whole(n_bytes, stage, seed):
+    # staging buffers far smaller than the weight: many pieces, the last one partial
+    from minigrok import stream
+
+    rng = np.random.default_rng(seed)
+    host = quant.QuantizedWeight8bit(rng.integers(-127, 128, (n_bytes, 1), dtype=np.int8),
+                                     rng.integers(0, 2**16, (1, 1), dtype=np.uint16))
+    saved = stream.STAGE_BYTES, stream._staging[:]
+    stream.STAGE_BYTES, stream._staging[:] = stage, []
+    try:
+        got = stream._copy(host, 0, cupy.cuda.get_current_stream())
+    finally:
+        stream.STAGE_BYTES, stream._staging[:] = saved
+    assert np.array_equal(got.weight.get(), host.weight)
+    assert np.array_equal(got.scales.get(), host.scales)
+
+
 def test_layers_split_over_two_gpus(tiny_dir):
     if cupy.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("one GPU: the split over several cannot be tried here")

@@ -282,7 +282,7 @@ def _elapsed(start, end):
 
 
 cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, get_elapsed_time=_elapsed,
-                             get_current_stream=Stream,
+                             get_current_stream=Stream, alloc_pinned_memory=bytearray,
                              runtime=types.SimpleNamespace(getDeviceCount=lambda: NUM_DEVICES))
 
 

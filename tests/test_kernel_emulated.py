@@ -35,8 +35,8 @@ def emulator(tmp_path_factory):
     return exe
 
 
-# Rows per scale block: 1 and 3 (one row per CUDA block), 12 and 40 (a few), 64 and 256 (the
-# whole block range), 320 (a scale block of 5 CUDA blocks, 64 rows each: 256 does not divide it).
+# Rows per scale block: 1 and 3 (one row per CUDA block), 12 and 40 (a few), 64, 256 and 320
+# (several 32-row CUDA blocks per scale block: a launch this small gets the shortest ranges).
 # Columns: a partial 512-column tile, one, several. Every CUDA thread is an OS thread here, so
 # the sizes stay small.
 @settings(max_examples=12, deadline=None)

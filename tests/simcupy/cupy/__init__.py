@@ -158,6 +158,8 @@ class Device:
 
 
 class Stream:
+    ptr = 0
+
     def __init__(self, non_blocking=False):
         pass
 
@@ -198,7 +200,7 @@ class RawKernel:
         n_out, rows, rows_per_scale = (int(a) for a in args[6:])
         assert block == (32, 8) and grid[0] * 512 >= n_out > (grid[0] - 1) * 512
         assert grid[1] * rows == w.shape[0] and x.shape == (w.shape[0],)
-        assert arrived.shape == (grid[0],) and not arrived.any() and y.shape == (1, n_out)
+        assert arrived.size >= grid[0] and not arrived.any() and y.shape == (1, n_out)
         scale = (s.astype(numpy.uint32) << 16).view(numpy.float32)
         for b in range(grid[1]):
             r0 = b * rows
@@ -272,9 +274,9 @@ class _DecodeKernels:
         out.ravel()[:] = 0.5 * x * (1 + numpy.tanh(c * (x + numpy.float32(0.044715) * x**3))) * b.ravel()
 
     @staticmethod
-    def add_scaled(grid, block, shared_mem, gate, y, m, n):
+    def add_scaled(grid, block, shared_mem, gate, y, m, first, n):
         assert grid[0] * block[0] >= n == m.size and gate.size == 1
-        m.ravel()[:] += gate[0] * y.ravel()
+        m.ravel()[:] = (0 if first else m.ravel()) + gate[0] * y.ravel()
 
 
 def _elapsed(start, end):

@@ -220,7 +220,7 @@ GEMV_MIN_ROWS = 32       # ... and at least, where the scale blocks allow
 GEMV_BLOCKS = 512        # blocks wanted per launch: ~4 per multiprocessor
 
 _GEMV_SOURCE = r"""
-extern "C" __global__ void int8_gemv(
+__device__ void gemv(
         const float* __restrict__ x,                // [n_in]
         const signed char* __restrict__ w,          // [n_in, n_out], rows 16-byte aligned
         const unsigned short* __restrict__ scales,  // [n_blocks, n_out] bfloat16 bits
@@ -283,8 +283,26 @@ extern "C" __global__ void int8_gemv(
     }
     if (me == 0) arrived[blockIdx.x] = 0;
 }
+
+extern "C" __global__ void int8_gemv(
+        const float* x, const signed char* w, const unsigned short* scales, float* partial,
+        unsigned int* arrived, float* y, int n_out, int rows, int rows_per_scale) {
+    gemv(x, w, scales, partial, arrived, y, n_out, rows, rows_per_scale);
+}
+
+// The same product by expert experts[slot] of stacked weights [E, n_in, n_out] and scales
+// [E, n_blocks, n_out]. The GPU reads the expert's index itself, so the host need not wait
+// for the router to learn it.
+extern "C" __global__ void int8_gemv_routed(
+        const float* x, const signed char* w, const unsigned short* scales,
+        const int* experts, int slot, float* partial, unsigned int* arrived, float* y,
+        int n_out, int rows, int rows_per_scale) {
+    size_t e = experts[slot], n_in = (size_t)rows * gridDim.y;
+    gemv(x, w + e * n_in * n_out, scales + e * (n_in / rows_per_scale) * n_out, partial,
+         arrived, y, n_out, rows, rows_per_scale);
+}
 """
-_gemv_kernel = None
+_gemv_kernels = {}
 _arrived = {}            # (GPU, stream) -> the kernel's tile counters, zeros between launches
 
 
@@ -300,27 +318,33 @@ def _tile_counters(cupy, tiles: int):
 
 
 def gemv_fits(weight) -> bool:
-    """Whether int8_gemv can take this CuPy weight: 16-byte rows on a 16-byte aligned start."""
-    return weight.shape[1] % GEMV_COLUMNS == 0 and weight.data.ptr % 16 == 0 and \
+    """Whether int8_gemv can take this CuPy weight ([in, out], or [E, in, out] stacked
+    experts): 16-byte rows on a 16-byte aligned start."""
+    return weight.shape[-1] % GEMV_COLUMNS == 0 and weight.data.ptr % 16 == 0 and \
         weight.flags.c_contiguous
 
 
-def int8_gemv(x, weight, scales):
+def int8_gemv(x, weight, scales, experts=None, slot: int = 0):
     """One token on the GPU: x [1, in] float32 @ (weight [in, out] int8, scales [B, out] bf16
-    bits as uint16) -> [1, out] float32, reading each weight byte once (see above)."""
+    bits as uint16) -> [1, out] float32, reading each weight byte once (see above).
+
+    With ``experts`` (int32 [k] on the GPU), weight [E, in, out] and scales [E, B, out] are
+    stacked experts and the product is by expert ``experts[slot]``.
+    """
     import cupy
 
-    global _gemv_kernel
-    if _gemv_kernel is None:
-        _gemv_kernel = cupy.RawKernel(_GEMV_SOURCE, "int8_gemv")
-    n_in, n_out = weight.shape
-    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[0])
+    name = "int8_gemv" if experts is None else "int8_gemv_routed"
+    if name not in _gemv_kernels:
+        _gemv_kernels[name] = cupy.RawKernel(_GEMV_SOURCE, name)
+    n_in, n_out = weight.shape[-2:]
+    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[-2])
     partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
     y = cupy.empty((1, n_out), dtype=cupy.float32)
-    _gemv_kernel(grid, block, (cupy.ascontiguousarray(x[0], dtype=cupy.float32), weight,
-                               cupy.ascontiguousarray(scales), partial,
-                               _tile_counters(cupy, grid[0]), y, cupy.int32(n_out),
-                               cupy.int32(rows), cupy.int32(rows_per_scale)))
+    route = () if experts is None else (experts, cupy.int32(slot))
+    _gemv_kernels[name](grid, block, (
+        cupy.ascontiguousarray(x[0], dtype=cupy.float32), weight, cupy.ascontiguousarray(scales),
+        *route, partial, _tile_counters(cupy, grid[0]), y, cupy.int32(n_out), cupy.int32(rows),
+        cupy.int32(rows_per_scale)))
     return y
 
 
@@ -342,7 +366,9 @@ def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
 # each of the four norms 0.35 ms). decode_layer does layer.decoder_layer's steps for one token
 # with a few kernels below and the int8 GEMV: the teaching formulas in the teaching order,
 # compiled without fused multiply-adds so that each product and sum is rounded as CuPy's
-# separate operations round it. tests/test_cupy.py holds it to decoder_layer.
+# separate operations round it. The router's choice stays on the GPU (int8_gemv_routed reads
+# it there), so for resident layers the host never waits and queues the next layer while
+# the GPU still reads this one's experts. tests/test_cupy.py holds it to decoder_layer.
 
 DECODE_POSITIONS = 12000     # cache rows attention_decode holds in shared memory (48 KB)
 
@@ -447,6 +473,7 @@ extern "C" __global__ void attention_decode(
 
 // moe.route for one token: softmax over the E router logits, then k rounds of "largest
 // left", the lower index winning a tie (jax.lax.top_k). One thread: E is 8.
+// ids, gates: [k], by ascending expert index.
 extern "C" __global__ void route_top_k(const float* logits, float* probs, int* ids,
                                        float* gates, int E, int k) {
     float top = logits[0], total = 0.0f;
@@ -459,9 +486,13 @@ extern "C" __global__ void route_top_k(const float* logits, float* probs, int* i
         for (int e = 0; e < E; e++)
             if (!taken[e] && (best < 0 || probs[e] > probs[best])) best = e;
         taken[best] = true;
-        ids[r] = best;
-        gates[r] = probs[best];
     }
+    // The chosen experts in ascending order, the order moe.moe adds them in.
+    for (int e = 0, r = 0; e < E; e++)
+        if (taken[e]) {
+            ids[r] = e;
+            gates[r++] = probs[e];
+        }
 }
 
 // moe.expert's gelu(x W) * (x V), with moe.gelu's tanh approximation.
@@ -531,6 +562,7 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     from .attention import layer_cache
     from .moe import expert_weight
     from .rope import BASE
+    from .xp import on_host
 
     att, experts = layer["multi_head_attention"], layer["moe"]
     stream.prefetch((att["query"], att["key"], att["value"], att["linear"]), h)
@@ -555,17 +587,23 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     ids, gates = cupy.empty(top, dtype=cupy.int32), cupy.empty(top, dtype=cupy.float32)
     _decode_kernel("route_top_k")((1,), (1,), (logits, probs, ids, gates, cupy.int32(E),
                                                cupy.int32(top)))
-    chosen = ids.get().tolist()          # the step's one wait: which experts' weights to read
-    order = sorted(chosen)               # moe.moe's order: ascending expert index
-    weights = [[expert_weight(experts[n], e) for n in ("linear", "linear_v", "linear_1")]
-               for e in order]
-    stream.prefetch((w for three in weights for w in three), h)
+    names = ("linear", "linear_v", "linear_1")
+    if all(not on_host(experts[n].weight) and gemv_fits(experts[n].weight) for n in names):
+        weights = None                   # resident: the GEMV reads the expert index itself
+    else:                                # streamed: the host must learn which to copy (a wait)
+        weights = [{n: expert_weight(experts[n], e) for n in names} for e in ids.get().tolist()]
+        stream.prefetch((w for chosen in weights for w in chosen.values()), h)
+
+    def product(a, name, slot):          # a @ expert ids[slot]'s weight ``name``
+        if weights is None:
+            return int8_gemv(a, experts[name].weight, experts[name].scales, ids, slot)
+        return quant.matmul(a, weights[slot][name])
+
     m = cupy.empty_like(h)
-    for e, (w, v, w1) in zip(order, weights):
-        up, gate_in = quant.matmul(x, w), quant.matmul(x, v)                     # [1, F]
+    for slot in range(top):              # moe.moe's order: ascending expert index
+        up, gate_in = product(x, "linear", slot), product(x, "linear_v", slot)   # [1, F]
         act = cupy.empty_like(up)
         _elementwise("gelu_mul", up.size, up, gate_in, act)
-        y = quant.matmul(act, w1)                                                 # [1, D]
-        slot = chosen.index(e)
-        _elementwise("add_scaled", y.size, gates[slot:slot + 1], y, m, cupy.int32(e == order[0]))
+        y = product(act, "linear_1", slot)                                        # [1, D]
+        _elementwise("add_scaled", y.size, gates[slot:slot + 1], y, m, cupy.int32(slot == 0))
     return _rms_norm(m, layer["rms_norm_3"], residual=h)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import fast, stream
-from .xp import array_module
+from .xp import array_module, on_host
 
 
 class QuantizedWeight8bit(NamedTuple):
@@ -94,7 +94,7 @@ def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
         raise ValueError(f"matmul: x has {x.shape[-1]} features, weight has {n_in} rows")
     x = x.astype(xp.float32, copy=False)
     if xp is not np:
-        if isinstance(qw.weight, np.ndarray):                  # a layer streamed from the host
+        if on_host(qw.weight):                                 # a layer streamed from the host
             qw = stream.fetch(qw)
         if x.shape[0] == 1 and fast.gemv_fits(qw.weight):      # decoding: the int8 GEMV kernel
             return fast.int8_gemv(x, qw.weight, qw.scales)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .xp import array_module, plain
+from .xp import array_module, on_host, plain
 
 # Copies queued at most: two experts' three matrices, what one decoded token takes from a
 # layer. A prefill that routes to all 8 experts gets the rest copied as each is used, so the
@@ -122,7 +122,7 @@ def prefetch(weights, x):
     device = x.device.id
     with _lock:
         for qw in weights:
-            if not isinstance(getattr(qw, "weight", None), np.ndarray) or _key(qw) in _pending:
+            if not hasattr(qw, "weight") or not on_host(qw.weight) or _key(qw) in _pending:
                 continue
             if len(_pending) >= AHEAD:
                 break

@@ -18,6 +18,11 @@ def array_module(x):
     return numpy
 
 
+def on_host(a) -> bool:
+    """Whether ``a`` is in host memory (numpy, a memory map): a streamed layer's weight."""
+    return array_module(a) is numpy
+
+
 def to_numpy(x) -> numpy.ndarray:
     """``x`` as a host (NumPy) array, copying it off the GPU if it lives there."""
     xp = array_module(x)

@@ -145,7 +145,7 @@ def gemv_rows_sweep(x, qw, hbm):
         y = cupy.empty((1, n_out), dtype=cupy.float32)
         args = (x[0], qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
                 cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale))
-        ms = event_ms(lambda: fast._gemv_kernel(grid, (32, 8), args))
+        ms = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, (32, 8), args))
         row[f"rows{rows}_gb_s"] = qw.weight.nbytes / ms / 1e6
     emit(what="gemv_rows", shape=[n_in, n_out], hbm_gb_s=hbm, **row)
 

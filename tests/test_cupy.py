@@ -64,6 +64,13 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
     assert np.array_equal(quant.matmul(cupy.asarray(x), qw).get(), got)
     two = quant.matmul(cupy.asarray(np.repeat(x, 2, axis=0)), qw).get()
     assert np.all(np.abs(two - ref) <= 1e-5 * bound + 1e-30)
+    # the same weight as expert 2 of 3 stacked ones, its index read on the GPU
+    stacked_w = np.stack([rng.integers(-127, 128, w.shape, dtype=np.int8), w[::-1], w])
+    stacked_s = np.stack([scales[::-1], scales[::-1], scales])
+    ids = cupy.asarray([0, 2], dtype=cupy.int32)
+    routed = fast.int8_gemv(cupy.asarray(x), cupy.asarray(stacked_w), cupy.asarray(stacked_s),
+                            ids, 1)
+    assert np.array_equal(routed.get(), got)
 
 
 # -- decoding: one token through a layer in a few kernels ----------------------------------------
@@ -109,7 +116,8 @@ def test_streamed_layers_compute_what_resident_ones_do(tiny_dir):
     m = minigrok.load(tiny_dir, device="cuda", gpu_memory=limit / 2**30)
     resident = [layer["place"].resident for layer in m.params["layers"]]
     assert resident == [True] * 3 + [False] * 9
-    assert isinstance(m.params["layers"][5]["moe"]["linear"].weight, np.ndarray)   # on the host
+    assert cupy.get_array_module(m.params["layers"][5]["moe"]["linear"].weight) is np   # host
+    assert cupy.get_array_module(m.params["layers"][2]["moe"]["linear"].weight) is cupy
     cpu = minigrok.load(tiny_dir).logits(TOKENS)
     assert np.abs(m.logits(TOKENS) - cpu).max() / np.abs(cpu).max() < 1e-4
     kwargs = dict(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5)

@@ -27,6 +27,7 @@ inline void __threadfence() {}
 inline float __ldcg(const float* p) { return *p; }
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 #define __global__
+#define __device__
 #define __restrict__
 // Shared memory becomes a function-static array: one copy that all threads of a block see,
 // which is right because blocks run one at a time.

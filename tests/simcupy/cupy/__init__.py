@@ -193,10 +193,15 @@ class RawKernel:
     """The int8 GEMV's block decomposition in numpy, checking the launch it is given."""
 
     def __init__(self, source, name):
-        assert name == "int8_gemv" and "__global__" in source
+        assert name in ("int8_gemv", "int8_gemv_routed") and "__global__" in source
+        self.routed = name == "int8_gemv_routed"
 
     def __call__(self, grid, block, args):
-        x, w, s, partial, arrived, y = (numpy.asarray(a) for a in args[:6])
+        x, w, s = (numpy.asarray(a) for a in args[:3])
+        if self.routed:                   # stacked experts: the index is read "on the GPU"
+            e = int(numpy.asarray(args[3])[int(args[4])])
+            w, s, args = w[e], s[e], args[:3] + args[5:]
+        partial, arrived, y = (numpy.asarray(a) for a in args[3:6])
         n_out, rows, rows_per_scale = (int(a) for a in args[6:])
         assert block == (32, 8) and grid[0] * 512 >= n_out > (grid[0] - 1) * 512
         assert grid[1] * rows == w.shape[0] and x.shape == (w.shape[0],)
@@ -263,7 +268,7 @@ class _DecodeKernels:
     def route_top_k(grid, block, shared_mem, logits, probs, ids, gates, E, k):
         p = numpy.exp(logits.ravel() - logits.max())
         probs[:] = p / p.sum()
-        ids[:] = numpy.argsort(-probs, kind="stable")[:k]
+        ids[:] = numpy.sort(numpy.argsort(-probs, kind="stable")[:k])
         gates[:] = probs[ids]
 
     @staticmethod

@@ -2,8 +2,9 @@
 # # Lesson 15: fast paths, on a CPU and on a GPU
 #
 # **Goal.** See why decoding one token is a race to read int8 bytes, how minigrok's fast
-# paths run that race on a CPU (numpy) and on a GPU (a 60-line CUDA kernel), and what limits
-# each; then where Grok-1's 64 layers go when a GPU has too little memory.
+# paths run that race on a CPU (numpy) and on a GPU (a 70-line CUDA kernel), and what limits
+# each; why a GPU also needs the whole layer in a few kernels; then where Grok-1's 64 layers
+# go when a GPU has too little memory.
 #
 # **The idea.** One token's product with an int8 weight, y = x (q * s), reads every byte of
 # q once and does 2 flops per byte: far too little work to keep a processor busy, so the
@@ -17,11 +18,13 @@
 #   $x_b (q_b s_b) = (x_b q_b) s_b$.
 # * **GPU** (`fast.int8_gemv`): one thread owns 16 output columns, reads their 16 int8 of a
 #   row as a single 16-byte load, and multiplies as it reads; 8 row lanes per block add up
-#   in shared memory; each block's row range stays inside one scale block.
+#   in shared memory; each block's row range stays inside one scale block; the last block
+#   of each column tile adds the partial rows.
 #
 # **The code.** `minigrok/fast.py` (both fast paths and the thread set-up),
 # `minigrok/quant.py`: `matmul` (which path a product takes), `minigrok/placement.py` (the
-# GPU memory plan), `minigrok/stream.py` (copying streamed layers to the GPU).
+# GPU memory plan), `minigrok/stream.py` (copying streamed layers to the GPU),
+# `tests/gpu_profile.py` (where a GPU decode step's time goes).
 
 # %%
 import contextlib
@@ -112,22 +115,27 @@ C.measured(f"fast path, {threads} threads, BLAS held to one", f"{rates[FAST] / 1
 
 # %% [markdown]
 # ## The GPU kernel, block by block
-# `fast.int8_gemv` launches a grid of (column tiles of 512, row ranges of up to 256 rows);
-# each block writes one partial row, already multiplied by its scale block's scales, and
-# CuPy adds the partial rows. Here is the same decomposition in numpy, so you can check
-# the arithmetic without a GPU (the kernel's source is `fast._GEMV_SOURCE`).
+# `fast.int8_gemv` launches a grid of (column tiles of 512, row ranges); `fast.gemv_launch`
+# picks ranges as long as leaves ~512 blocks for the GPU's 132 multiprocessors, never
+# spanning two scale blocks. Each block writes one partial row, already multiplied by its
+# scale block's scales; the last block of a column tile to finish adds the tile's partial
+# rows (its 8 row lanes take every 8th partial row, then the lanes are added in order), so
+# one launch gives y and the sum is the same on every run. Here is the same decomposition
+# in numpy, so you can check the arithmetic without a GPU (the kernel's source is
+# `fast._GEMV_SOURCE`).
 
 # %%
-rows_per_scale = n_in // qw.scales.shape[0]
-rows = np.gcd(rows_per_scale, fast.GEMV_ROWS)                   # a range never spans two scale blocks
+grid, block, rows, rows_per_scale = fast.gemv_launch(n_in, n_out, qw.scales.shape[0])
 scales = quant.bf16_to_f32(qw.scales)
 partial = np.stack([(x[0, r:r + rows] @ qw.weight[r:r + rows].astype(np.float32))
                     * scales[r // rows_per_scale] for r in range(0, n_in, rows)])
-print(f"grid: {-(-n_out // 512)} column tiles x {n_in // rows} row ranges of {rows} rows; "
+lanes = [partial[lane::fast.GEMV_LANES].sum(axis=0) for lane in range(fast.GEMV_LANES)]
+y_blocks = sum(lanes[1:], lanes[0])
+print(f"grid: {grid[0]} column tiles x {grid[1]} row ranges of {rows} rows; "
       f"partial rows {list(partial.shape)}")
-C.peek("kernel decomposition, summed", partial.sum(axis=0))
+C.peek("kernel decomposition, summed", y_blocks)
 C.peek("x @ dequantize(W)", (x @ quant.dequantize(qw))[0])
-print(f"max |difference| {np.abs(partial.sum(axis=0) - (x @ quant.dequantize(qw))[0]).max():.2e} "
+print(f"max |difference| {np.abs(y_blocks - (x @ quant.dequantize(qw))[0]).max():.2e} "
       "(float32 summation order only)")
 try:
     import cupy
@@ -138,7 +146,28 @@ except Exception as e:                                           # no CuPy, or n
 if cupy is not None:
     y = fast.int8_gemv(cupy.asarray(x), cupy.asarray(qw.weight), cupy.asarray(qw.scales))
     C.measured("the CUDA kernel on this GPU, max |difference|",
-               f"{np.abs(y.get()[0] - partial.sum(axis=0)).max():.2e}")
+               f"{np.abs(y.get()[0] - y_blocks).max():.2e}")
+
+# %% [markdown]
+# ## A whole layer for one token: `fast.decode_layer`
+# A fast product is not enough on a GPU. The teaching layer (lesson 09) is ~150 small CuPy
+# operations, and each costs 5-200 us of *host* time to launch, whatever its size. Measured
+# on an H200 (2026-11-27, `tests/gpu_profile.py`) for one full-width Grok-1 layer, whose
+# 1.3 GB of active int8 take 0.31 ms to read at the card's 4.2 TB/s:
+#
+# | one decode step through a layer | time |
+# |---|---|
+# | teaching code (`decoder_layer` with a `trace`) | 4.0-4.5 ms |
+# | `fast.decode_layer` (the same steps in ~25 launches) | 0.71-0.85 ms |
+#
+# `decode_layer` (in `minigrok/fast.py`) is the teaching layer rewritten as a few kernels:
+# one RMSNorm per launch, RoPE and the cache write in one, attention for the new token in
+# one (one block per query head, scores in shared memory), the router's softmax and top-2
+# in one, the expert products by `int8_gemv_routed`, which reads the chosen expert's index
+# in GPU memory so that the host never waits for the router. Each kernel is the teaching
+# formula in the teaching order, compiled without fused multiply-adds, and
+# `tests/test_cupy.py` holds the layer to `decoder_layer` on random layers, positions and
+# padding. What is left is mostly the expert products: six 201 MB reads at ~2.7 TB/s.
 
 # %% [markdown]
 # ## On the real model: where 64 layers go
@@ -157,9 +186,10 @@ for gpus, free, name in ((1, 79, "1 x H100 80 GB"), (4, 79, "4 x H100 80 GB"),
     resident = sum(p.resident for p in places)
     streamed = len(places) - resident
     per_gpu = [sum(p.resident and p.device == g for p in places) for g in range(gpus)]
-    # A streamed layer's token copies its 1.3 GB over PCIe (assumed 25 GB/s, gen4 x16 in practice).
+    # A streamed layer's token copies its 1.3 GB to the GPU: 21 GB/s measured on an H200
+    # machine through minigrok's pinned staging buffers (stream.py).
     copy_s = streamed * (G.num_selected_experts * 3 * G.emb_size * G.ffn_size
-                         + 2 * G.emb_size * (G.num_q_heads + G.num_kv_heads) * G.key_size) / 25e9
+                         + 2 * G.emb_size * (G.num_q_heads + G.num_kv_heads) * G.key_size) / 21e9
     C.estimate(f"{name}: layers resident per GPU {per_gpu}, streamed {streamed}",
                f"~{copy_s:.1f} s/token of copies" if streamed else "no copies")
 

@@ -18,11 +18,11 @@ on its own GPU (attention.new_cache).
 
 from typing import NamedTuple
 
+from . import stream
 from .checkpoint import active_int8_bytes
 from .config import Config
 from .errors import MinigrokError
 from .quant import QuantizedWeight8bit
-from .xp import plain
 
 
 class Place(NamedTuple):
@@ -105,13 +105,13 @@ def plan(cfg: Config, free: list[int]) -> list[Place]:
     return places
 
 
-def _to(tree, cupy):
+def _to(tree):
     """Every array of a parameter tree copied to the current GPU."""
     if isinstance(tree, dict):
-        return {k: _to(v, cupy) for k, v in tree.items()}
+        return {k: _to(v) for k, v in tree.items()}
     if isinstance(tree, tuple):
-        return type(tree)(*(_to(v, cupy) for v in tree))
-    return cupy.asarray(plain(tree))
+        return type(tree)(*(_to(v) for v in tree))
+    return stream.upload(tree)
 
 
 def place(params: dict, cfg: Config, devices: list[int], limit: int | None = None):
@@ -129,20 +129,20 @@ def place(params: dict, cfg: Config, devices: list[int], limit: int | None = Non
             free.append(min(gpu.mem_info[0], limit or gpu.mem_info[0]))
     places = plan(cfg, free)
     with cupy.cuda.Device(devices[0]):
-        out = {"in_out_embed": _to(params["in_out_embed"], cupy),
-               "rms_norm": _to(params["rms_norm"], cupy), "layers": [],
+        out = {"in_out_embed": _to(params["in_out_embed"]),
+               "rms_norm": _to(params["rms_norm"]), "layers": [],
                "place": Place(devices[0], True)}
     for layer, where in zip(params["layers"], places):
         device = devices[where.device]
         with cupy.cuda.Device(device):
             if where.resident:
-                placed = _to(layer, cupy)
+                placed = _to(layer)
             else:                         # the int8 weights stay in the host memory map
-                placed = {k: (v if k in ("multi_head_attention", "moe") else _to(v, cupy))
+                placed = {k: (v if k in ("multi_head_attention", "moe") else _to(v))
                           for k, v in layer.items()}
                 for block in ("multi_head_attention", "moe"):
                     placed[block] = {k: (w if isinstance(w, QuantizedWeight8bit) else
-                                         _to(w, cupy)) for k, w in layer[block].items()}
+                                         _to(w)) for k, w in layer[block].items()}
         placed["place"] = Place(device, where.resident)
         out["layers"].append(placed)
     cupy.cuda.Device(devices[0]).use()

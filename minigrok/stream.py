@@ -68,6 +68,19 @@ def _copy(qw, device: int, compute):
     return out
 
 
+def upload(host):
+    """A copy of a host array on the current GPU, staged like the streamed copies (the load
+    of resident layers: plain copies from the memory map ran at ~2 GB/s on an H200 machine)."""
+    import cupy
+
+    host = np.ascontiguousarray(plain(host))
+    out = cupy.empty(host.shape, host.dtype)
+    stream = cupy.cuda.get_current_stream()
+    _upload(host, out, stream)
+    stream.synchronize()
+    return out
+
+
 def _upload(host, device_array, stream):
     """host (numpy, contiguous) -> device_array through the pinned staging buffers, on stream.
 

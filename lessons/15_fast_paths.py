@@ -158,7 +158,7 @@ if cupy is not None:
 # | one decode step through a layer | time |
 # |---|---|
 # | teaching code (`decoder_layer` with a `trace`) | 4.0-4.5 ms |
-# | `fast.decode_layer` (the same steps in ~25 launches) | 0.71-0.85 ms |
+# | `fast.decode_layer` (the same steps in ~22 launches) | 0.71-0.85 ms |
 #
 # `decode_layer` (in `minigrok/fast.py`) is the teaching layer rewritten as a few kernels:
 # one RMSNorm per launch, RoPE and the cache write in one, attention for the new token in

@@ -207,10 +207,9 @@ def matmul_transposed(h, matrix, threads: int | None = None):
 #     made a 6144 x 6144 product 40% slower on an H200: 96 loads waiting on each other.)
 #
 # Row ranges are as long as leaves ~512 blocks to spread over the GPU's 132 multiprocessors:
-# 512 rows for Grok-1's experts, 128 for its query, 32 for its key (an H200 read that key
-# projection, 6144 x 1024, at 150 GB/s with 48 blocks of 256 rows). Longer ranges leave fewer
+# 512 rows for Grok-1's experts, 128 for its query, 32 for its key. Longer ranges leave fewer
 # partial rows for the last block to add: measured on an H200 with that sum in the kernel,
-# the 32768 x 6144 down-projection ran at 2250 GB/s with 256 rows and 2515 with 512.
+# the 32768 x 6144 down-projection ran at 2250 GB/s with 256 rows and 2470-2515 with 512.
 
 GEMV_COLUMNS = 16        # output columns per thread (one 16-byte load of int8)
 GEMV_WARPS = 32          # threads along the columns (blockDim.x)
@@ -258,7 +257,7 @@ __device__ void gemv(
         partial[(size_t)blockIdx.y * n_out + tile + c] = total * scale;
     }
     // Count this block in. The tile's last block to arrive sees every partial row (each
-    // writer fenced before it was counted) and adds them in row order.
+    // writer fenced before it was counted) and adds them.
     __threadfence();
     __syncthreads();
     if (me == 0) last = atomicAdd(&arrived[blockIdx.x], 1u) == gridDim.y - 1;
@@ -358,12 +357,12 @@ def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
     return (tiles, n_in // rows), (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale
 
 
-# -- GPU decoding: one token through a whole layer in ~30 launches ----------------------------
+# -- GPU decoding: one token through a whole layer in ~22 launches ----------------------------
 #
 # A decode step's arithmetic is tiny next to its weights, but the teaching code spends ~150
-# small CuPy operations per layer, each ~10-160 us of host time: on an H200 a full-width layer
-# took 7.3 ms against 0.31 ms to read its 1.3 GB of weights (attention 2.5 ms, MoE 2.1 ms,
-# each of the four norms 0.35 ms). decode_layer does layer.decoder_layer's steps for one token
+# small CuPy operations per layer, each ~5-200 us of host time: on an H200 a full-width layer
+# took 4-7 ms against 0.31 ms to read its 1.3 GB of weights (attention alone 1.4-2.5 ms, the
+# MoE 1.7-2.1 ms). decode_layer does layer.decoder_layer's steps for one token
 # with a few kernels below and the int8 GEMV: the teaching formulas in the teaching order,
 # compiled without fused multiply-adds so that each product and sum is rounded as CuPy's
 # separate operations round it. The router's choice stays on the GPU (int8_gemv_routed reads
@@ -511,16 +510,15 @@ extern "C" __global__ void add_scaled(const float* gate, const float* y, float* 
     if (i < n) m[i] = (first ? 0.0f : m[i]) + gate[0] * y[i];
 }
 """
-_decode_module = None
+_decode_kernels = {}
 
 
 def _decode_kernel(name: str):
     import cupy
 
-    global _decode_module
-    if _decode_module is None:
-        _decode_module = cupy.RawModule(code=_DECODE_SOURCE, options=("--fmad=false",))
-    return _decode_module.get_function(name)
+    if name not in _decode_kernels:        # a RawKernel is built for each GPU it runs on
+        _decode_kernels[name] = cupy.RawKernel(_DECODE_SOURCE, name, options=("--fmad=false",))
+    return _decode_kernels[name]
 
 
 def decode_fits(h, cache, offset: int, cfg) -> bool:

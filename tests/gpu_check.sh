@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a machine with an NVIDIA GPU and CuPy (about 5 minutes on an
-# H100, most of it writing the full-width checkpoint): the CuPy parity tests, then `bench`
-# on the tiny preset (resident, then streamed under a memory cap) and on two full-width
+# Every GPU check in one run, for a machine with an NVIDIA GPU and CuPy (100-120 s on a 16-core
+# H200 machine, half of it writing the full-width checkpoint): the CuPy parity tests, then
+# `bench` on the tiny preset (resident, then streamed under a memory cap) and on two full-width
 # Grok-1 layers (resident, then streamed), then tests/gpu_profile.py on those layers. Results
 # go to $OUT (default /tmp/minigrok-gpu): pytest.log, bench.jsonl (one JSON line per bench
 # run, tagged with what it ran) and profile.jsonl. Each step has a time limit, so that one

@@ -4,7 +4,8 @@ Only for tests/test_gpu_simulated.py, which runs tests/test_cupy.py against it: 
 minigrok's GPU *glue* (the memory plan, streaming from the host, the split over two GPUs,
 which path a product takes, the kernel's launch geometry), not CuPy or a GPU. Arrays on
 different devices, or a host numpy array, mixed in one operation raise, as they fail on a
-real GPU. The RawKernel runs the int8 GEMV's block decomposition in numpy.
+real GPU. RawKernel runs the int8 GEMV's block decomposition, and the decode kernels'
+formulas, in numpy.
 """
 
 import sys
@@ -190,15 +191,22 @@ class Event:
 
 
 class RawKernel:
-    """The int8 GEMV's block decomposition in numpy, checking the launch it is given."""
+    """The int8 GEMV's block decomposition in numpy, checking the launch it is given; the
+    decode kernels (fast._DECODE_SOURCE) as numpy functions of the same arguments."""
 
-    def __init__(self, source, name):
-        assert name in ("int8_gemv", "int8_gemv_routed") and "__global__" in source
-        self.routed = name == "int8_gemv_routed"
+    def __init__(self, source, name, options=()):
+        assert "__global__" in source and f" {name}(" in source
+        self.name = name
+        if name not in ("int8_gemv", "int8_gemv_routed"):
+            assert "--fmad=false" in options
+            self.decode = getattr(_DecodeKernels, name)
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, shared_mem=0):
+        if self.name not in ("int8_gemv", "int8_gemv_routed"):
+            return self.decode(grid, block, shared_mem, *(
+                numpy.asarray(a) if isinstance(a, ndarray) else a for a in args))
         x, w, s = (numpy.asarray(a) for a in args[:3])
-        if self.routed:                   # stacked experts: the index is read "on the GPU"
+        if self.name == "int8_gemv_routed":     # stacked experts: the index is read "on the GPU"
             e = int(numpy.asarray(args[3])[int(args[4])])
             w, s, args = w[e], s[e], args[:3] + args[5:]
         partial, arrived, y = (numpy.asarray(a) for a in args[3:6])
@@ -213,21 +221,6 @@ class RawKernel:
             partial[b] = (x[r0:r0 + rows] @ w[r0:r0 + rows].astype(numpy.float32)
                           ) * scale[r0 // rows_per_scale]
         y[0] = partial.sum(axis=0)
-
-
-class RawModule:
-    """fast._DECODE_SOURCE's kernels as numpy functions of the same launch and arguments."""
-
-    def __init__(self, code, options=()):
-        assert "__global__" in code and "--fmad=false" in options
-
-    def get_function(self, name):
-        kernel = getattr(_DecodeKernels, name)
-
-        def launch(grid, block, args, shared_mem=0):
-            kernel(grid, block, shared_mem, *(numpy.asarray(a) if isinstance(a, ndarray) else a
-                                               for a in args))
-        return launch
 
 
 class _DecodeKernels:

@@ -92,6 +92,7 @@ def main(checkpoint):
     section(op_costs)
     m = Model(checkpoint, "cuda")
     section(gemvs, m, hbm)
+    section(gemv_widen_variant, m, hbm)
     section(layer_step, m, hbm)
     section(host_copies, m)
     emit(what="done")
@@ -129,6 +130,43 @@ def gemvs(m, hbm):
              host_us=per_op_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales), 200))
         if name.startswith("expert0"):
             section(gemv_rows_sweep, xin, qw, hbm)
+
+
+# An experiment for the next GPU session: int8 -> float32 without the I2F conversion, which
+# Hopper issues at 16 per clock per multiprocessor (a 201 MB expert is 201 M conversions,
+# ~48 us at 1.98 GHz on 132 multiprocessors: as long as reading it). Each byte plus 128 goes
+# into the low mantissa of 2^23 (a byte permute), and subtracting 2^23 + 128 leaves q
+# exactly, so the products and sums are the kernel's own, bit for bit.
+MAGIC_SOURCE = fast._GEMV_SOURCE.replace(
+    "for (int j = 0; j < COLUMNS; j++) acc[j] += xr * (float)q[j];",
+    """for (int j = 0; j < COLUMNS; j++) {
+                unsigned int biased = reinterpret_cast<const unsigned int*>(&packed)[j / 4]
+                                      ^ 0x80808080u;                 // each byte: q + 128
+                acc[j] += xr * (__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + j % 4))
+                                - 8388736.0f);
+            }""")
+assert MAGIC_SOURCE != fast._GEMV_SOURCE
+
+
+def gemv_widen_variant(m, hbm):
+    """fast.int8_gemv against the same kernel with MAGIC_SOURCE's widening (equal outputs?)."""
+    layer = m.params["layers"][0]["moe"]
+    magic = cupy.RawKernel(MAGIC_SOURCE, "int8_gemv")
+    for name in ("linear", "linear_1"):
+        qw = expert_weight(layer[name], 0)
+        x = cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
+        want = fast.int8_gemv(x, qw.weight, qw.scales)
+        grid, block, rows, rows_per_scale = fast.gemv_launch(*qw.weight.shape, qw.scales.shape[0])
+        partial = cupy.empty((grid[1], qw.weight.shape[1]), dtype=cupy.float32)
+        y = cupy.empty_like(want)
+        args = (x[0], qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
+                cupy.int32(qw.weight.shape[1]), cupy.int32(rows), cupy.int32(rows_per_scale))
+        mine = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, block, args))
+        theirs = event_ms(lambda: magic(grid, block, args))
+        magic(grid, block, args)
+        emit(what="gemv_widen", matrix=name, i2f_gb_s=qw.weight.nbytes / mine / 1e6,
+             magic_gb_s=qw.weight.nbytes / theirs / 1e6, hbm_gb_s=hbm,
+             equal=bool(cupy.array_equal(y, want)))
 
 
 def gemv_rows_sweep(x, qw, hbm):

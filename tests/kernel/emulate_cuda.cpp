@@ -25,6 +25,13 @@ inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); 
 // Blocks run one after the other, so every write is seen by the next block without a fence.
 inline void __threadfence() {}
 inline float __ldcg(const float* p) { return *p; }
+// Byte i of the result is byte (s >> 4i) & 7 of y:x (no sign-replicate mode).
+inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s) {
+    unsigned long long both = ((unsigned long long)y << 32) | x;
+    unsigned int r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned int)((both >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
 inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 #define __global__
 #define __device__

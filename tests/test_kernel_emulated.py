@@ -1,9 +1,12 @@
-"""The CUDA int8 GEMV kernel's own source, run on the CPU by tests/kernel/emulate_cuda.cpp.
+"""minigrok's CUDA kernels, their own source, run on the CPU (tests/kernel/).
 
-One std::thread per CUDA thread and a barrier for __syncthreads: the kernel's indexing,
-tiles, row lanes, scale blocks and shared-memory reduction are checked against
-x @ dequantize(W) without a GPU, with fast.gemv_launch's own grid. Needs a C++20 compiler
-(g++ 11 or later); where there is none the tests are reported as skipped.
+One std::thread per CUDA thread and a barrier for __syncthreads (and one per warp for warp
+shuffles). The int8 GEMV (emulate_cuda.cpp): its indexing, tiles, row lanes, scale blocks
+and the last block's sum are checked against x @ dequantize(W), with fast.gemv_launch's own
+grid. The decode kernels (emulate_decode.cpp, called through ctypes): each against the
+teaching function it replaces (rmsnorm, rope, attention_weights, moe.route, moe.gelu).
+Needs a C++20 compiler (g++ 11 or later); where there is none the tests are reported as
+skipped.
 """
 
 import shutil
@@ -64,3 +67,128 @@ def test_kernel_source_computes_x_times_dequantized_weight(emulator, tmp_path_fa
     ref = x.astype(np.float64) @ dense
     bound = np.abs(x).astype(np.float64) @ np.abs(dense)
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30)
+
+
+# -- the decode kernels (fast._DECODE_SOURCE), through tests/kernel/emulate_decode.cpp ----------
+
+import ctypes  # noqa: E402
+
+from minigrok import moe, rmsnorm, rope  # noqa: E402
+from minigrok.attention import attention_weights  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def decode(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler to build the CUDA emulator")
+    build = tmp_path_factory.mktemp("decode")
+    source = fast._DECODE_SOURCE.replace(
+        "extern __shared__ float shared[];",
+        "float* shared = reinterpret_cast<float*>(dynamic_shared.data());")
+    assert source != fast._DECODE_SOURCE
+    (build / "decode.cu").write_text(source)
+    lib = build / "emulate_decode.so"
+    r = subprocess.run([CXX, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-I", str(build),
+                        "-o", str(lib), str(REPO / "tests" / "kernel" / "emulate_decode.cpp")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return ctypes.CDLL(str(lib))
+
+
+def run(lib, name, *args):
+    """Call run_<name>: numpy arrays as pointers, ints as int, floats as float."""
+    def c(a):
+        if isinstance(a, ctypes.c_size_t):
+            return a
+        if isinstance(a, np.ndarray):
+            assert a.flags.c_contiguous
+            return ctypes.c_void_p(a.ctypes.data)
+        return ctypes.c_float(a) if isinstance(a, float) else ctypes.c_int(int(a))
+    getattr(lib, f"run_{name}")(*map(c, args))
+
+
+def close(got, want, rtol=1e-5):
+    return np.abs(got - want).max() <= rtol * max(np.abs(want).max(), 1e-30)
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 2100), residual=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rms_norm_kernel(decode, n, residual, seed):
+    rng = np.random.default_rng(seed)
+    x, scale, h = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    out = np.full(n, np.nan, dtype=np.float32)
+    run(decode, "rms_norm", 1, 1024, x, scale, h, residual, out, n, rmsnorm.EPS)
+    want = rmsnorm.rms_norm(x[None], scale)[0] + (h if residual else 0)
+    assert close(out, want)
+
+
+@settings(max_examples=10, deadline=None)
+@given(K=st.sampled_from([1, 2, 8]), G=st.sampled_from([1, 3, 6]), d=st.sampled_from([2, 8, 64, 128]),
+       pos=st.integers(0, 5000), seed=st.integers(0, 2**32 - 1))
+def test_rope_and_cache_kernel(decode, K, G, d, pos, seed):
+    rng = np.random.default_rng(seed)
+    H, S = K * G, pos + 2
+    q, k, v = (rng.standard_normal(n * d).astype(np.float32) for n in (H, K, K))
+    keep = np.array([rng.integers(2)], dtype=bool)
+    q_rot = np.full(H * d, np.nan, dtype=np.float32)
+    cache_k, cache_v = (np.zeros((S, K, d), dtype=np.float32) for _ in range(2))
+    cache_keep = np.zeros(S, dtype=bool)
+    threads = max((H + K) * d // 2, K * d)
+    run(decode, "rope_and_cache", -(-threads // 256), 256, q, k, v, keep, q_rot, cache_k, cache_v,
+        cache_keep, pos, H, K, d, float(rope.BASE))
+    positions = np.array([pos])
+    assert close(q_rot, rope.apply_rope(q.reshape(1, H, d), positions).ravel(), 1e-4)
+    assert close(cache_k[pos], rope.apply_rope(k.reshape(1, K, d), positions)[0], 1e-4)
+    assert np.array_equal(cache_v[pos], v.reshape(K, d)) and cache_keep[pos] == keep[0]
+    others = np.arange(S) != pos                     # nothing else written
+    assert not cache_k[others].any() and not cache_v[others].any() and not cache_keep[others].any()
+
+
+@settings(max_examples=12, deadline=None)
+@given(K=st.sampled_from([1, 2, 8]), G=st.sampled_from([1, 3, 6]), d=st.sampled_from([4, 32, 128]),
+       keep=st.lists(st.booleans(), min_size=1, max_size=70), seed=st.integers(0, 2**32 - 1))
+def test_attention_decode_kernel(decode, K, G, d, keep, seed):
+    # keep all False: every key padding, the official uniform average over all of them
+    rng = np.random.default_rng(seed)
+    H, S = K * G, len(keep)
+    q = rng.standard_normal((H, d)).astype(np.float32) * 3
+    cache_k, cache_v = (rng.standard_normal((S, K, d)).astype(np.float32) for _ in range(2))
+    keep = np.array(keep)
+    out = np.full(H * d, np.nan, dtype=np.float32)
+    multiplier = 1 / np.sqrt(d)
+    run(decode, "attention_decode", H, 128, ctypes.c_size_t((32 + S) * 4), q, cache_k, cache_v,
+        keep, out, S, K, G, d, float(multiplier))
+    probs = attention_weights(q.reshape(1, K, G, d), cache_k, keep, S - 1, multiplier)
+    want = np.einsum("kgts,skd->tkgd", probs, cache_v).ravel()
+    assert close(out, want)
+
+
+@settings(max_examples=20, deadline=None)
+@given(E=st.integers(2, 8), data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_route_top_k_kernel(decode, E, data, seed):
+    # logits rounded to a few values: ties, which go to the lower expert index
+    k = data.draw(st.integers(1, E))
+    logits = np.round(np.random.default_rng(seed).standard_normal(E), 1).astype(np.float32)
+    probs, gates = np.zeros(E, dtype=np.float32), np.zeros(k, dtype=np.float32)
+    ids = np.full(k, -1, dtype=np.int32)
+    run(decode, "route_top_k", logits, probs, ids, gates, E, k)
+    want_probs, want_ids, want_gates = moe.route(logits[None], np.eye(E, dtype=np.float32), k)
+    order = np.argsort(want_ids[0])                  # the kernel lists them ascending
+    assert close(probs, want_probs[0])
+    assert np.array_equal(ids, want_ids[0][order])
+    assert close(gates, want_gates[0][order])
+
+
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(1, 3000), first=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_gelu_mul_and_add_scaled_kernels(decode, n, first, seed):
+    rng = np.random.default_rng(seed)
+    a, b, y, m = (rng.standard_normal(n).astype(np.float32) * 4 for _ in range(4))
+    gate = rng.uniform(0, 1, 1).astype(np.float32)
+    out = np.full(n, np.nan, dtype=np.float32)
+    grid = -(-n // 256)
+    run(decode, "gelu_mul", grid, 256, a, b, out, n)
+    assert close(out, moe.gelu(a) * b)
+    want = (0 if first else m) + gate[0] * y
+    run(decode, "add_scaled", grid, 256, gate, y, m, first, n)
+    assert close(m, want)

@@ -1,0 +1,92 @@
+// Runs minigrok's GPU decode kernels (fast._DECODE_SOURCE, included as decode.cu) on the CPU,
+// as a shared library that tests/test_kernel_emulated.py calls through ctypes: one
+// std::thread per CUDA thread, a std::barrier for __syncthreads and one per warp for
+// __shfl_xor_sync, blocks one after the other. It checks the kernels' indexing, reductions
+// and formulas where there is no GPU; the GPU's own behaviour is tests/test_cupy.py's job.
+//
+// The test writes decode.cu with `extern __shared__ float shared[];` turned into a pointer
+// to this block's dynamic shared memory (C++ has no such declaration).
+#include <barrier>
+#include <cmath>
+#include <math.h>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+struct dim3 { int x = 1, y = 1, z = 1; };
+thread_local dim3 threadIdx;
+dim3 blockIdx, blockDim, gridDim;
+static std::barrier<>* block_barrier;
+static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+static std::vector<float> warp_slots;
+static std::vector<char> dynamic_shared;
+
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __shfl_xor_sync(unsigned, float v, int offset) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    warp_slots[threadIdx.x] = v;
+    warp_barriers[warp]->arrive_and_wait();
+    float other = warp_slots[warp * 32 + (lane ^ offset)];
+    warp_barriers[warp]->arrive_and_wait();
+    return other;
+}
+#define __global__
+#define __device__
+// Static shared memory becomes a function-static array: one copy that all threads of a block
+// see, which is right because blocks run one at a time.
+#define __shared__ static
+#include "decode.cu"
+
+// Every block of a one-dimensional grid, one after the other.
+static void launch(int grid, int block, size_t shared_bytes, const std::function<void()>& kernel) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    dynamic_shared.assign(shared_bytes, 0);
+    warp_slots.assign(block, 0.0f);
+    for (int b = 0; b < grid; b++) {
+        blockIdx.x = b;
+        std::barrier<> barrier(block);
+        block_barrier = &barrier;
+        warp_barriers.clear();
+        for (int w = 0; w < (block + 31) / 32; w++)
+            warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, block - 32 * w)));
+        std::vector<std::thread> threads;
+        for (int t = 0; t < block; t++)
+            threads.emplace_back([&, t] { threadIdx.x = t; kernel(); });
+        for (auto& t : threads) t.join();
+    }
+}
+
+extern "C" {
+void run_rms_norm(int grid, int block, const float* x, const float* scale, const float* residual,
+                  int has_residual, float* out, int n, float eps) {
+    launch(grid, block, 0, [&] { rms_norm(x, scale, residual, has_residual, out, n, eps); });
+}
+void run_rope_and_cache(int grid, int block, const float* q, const float* k, const float* v,
+                        const bool* keep, float* q_rot, float* cache_k, float* cache_v,
+                        bool* cache_keep, int pos, int H, int K, int d, float base) {
+    launch(grid, block, 0, [&] {
+        rope_and_cache(q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, pos, H, K, d, base);
+    });
+}
+void run_attention_decode(int grid, int block, size_t shared_bytes, const float* q_rot,
+                          const float* cache_k, const float* cache_v, const bool* cache_keep,
+                          float* out, int S, int K, int G, int d, float multiplier) {
+    launch(grid, block, shared_bytes, [&] {
+        attention_decode(q_rot, cache_k, cache_v, cache_keep, out, S, K, G, d, multiplier);
+    });
+}
+void run_route_top_k(const float* logits, float* probs, int* ids, float* gates, int E, int k) {
+    launch(1, 1, 0, [&] { route_top_k(logits, probs, ids, gates, E, k); });
+}
+void run_gelu_mul(int grid, int block, const float* a, const float* b, float* out, int n) {
+    launch(grid, block, 0, [&] { gelu_mul(a, b, out, n); });
+}
+void run_add_scaled(int grid, int block, const float* gate, const float* y, float* m, int first,
+                    int n) {
+    launch(grid, block, 0, [&] { add_scaled(gate, y, m, first, n); });
+}
+}

@@ -155,6 +155,11 @@ def test_layers_split_over_two_gpus(tiny_dir):
     assert [layer["place"].device for layer in m.params["layers"]] == [0] * 5 + [1] * 7
     cpu = minigrok.load(tiny_dir).logits(TOKENS)
     assert np.abs(m.logits(TOKENS) - cpu).max() / np.abs(cpu).max() < 1e-4
+    # decoding: each layer's KV cache and kernels on its own GPU
+    kwargs = dict(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=5)
+    assert list(m.generate_ids([5, 17, 300], **kwargs)) == \
+        list(minigrok.load(tiny_dir).generate_ids([5, 17, 300], **kwargs))
+    assert m.params["layers"][7]["moe"]["linear"].weight.device.id == 1
 
 
 def test_bench_on_the_gpu_reports_the_kernel(tiny_dir):

@@ -202,6 +202,9 @@ class RawKernel:
             self.decode = getattr(_DecodeKernels, name)
 
     def __call__(self, grid, block, args, shared_mem=0):
+        if any(_is_host(a) for a in args) or \
+                any(a.dev != _current[0] for a in args if isinstance(a, ndarray)):
+            raise ValueError(f"simulated cupy: {self.name} given an array off the current device")
         if self.name not in ("int8_gemv", "int8_gemv_routed"):
             return self.decode(grid, block, shared_mem, *(
                 numpy.asarray(a) if isinstance(a, ndarray) else a for a in args))

@@ -3,11 +3,13 @@
     python3 tests/gpu_profile.py CHECKPOINT          # needs CuPy and a GPU
 
 For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of layer 0 through
-fast.int8_gemv (GB/s of int8 read); the host's cost of one small CuPy operation of each kind
-(the price of every launch in a decode step); one decode step through layer 0, whole and in
-parts (median of 20, synchronised); host-to-GPU copy rates of one expert matrix from the
-memory map and from pinned memory (what streaming could reach). Launch-bound shows as
-parts far slower than their bytes over the HBM rate, and as the op costs times the op count.
+fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and an experimental
+widening (MAGIC_SOURCE below); the host's cost of one small CuPy operation of each kind (the
+price of every launch in a decode step); one decode step through layer 0 by
+fast.decode_layer and by the teaching layer, whole and in parts (median of 20,
+synchronised); host-to-GPU copy rates of one expert matrix from the memory map and from
+pinned memory. Launch-bound shows as parts far slower than their bytes over the HBM rate,
+and as the op costs times the op count. A part that fails prints an "error" row.
 """
 
 import json

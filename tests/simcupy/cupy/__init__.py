@@ -190,6 +190,9 @@ class Event:
         pass
 
 
+_GEMV_KERNELS = ("int8_gemv", "int8_gemv_routed")
+
+
 class RawKernel:
     """The int8 GEMV's block decomposition in numpy, checking the launch it is given; the
     decode kernels (fast._DECODE_SOURCE) as numpy functions of the same arguments."""
@@ -197,7 +200,7 @@ class RawKernel:
     def __init__(self, source, name, options=()):
         assert "__global__" in source and f" {name}(" in source
         self.name = name
-        if name not in ("int8_gemv", "int8_gemv_routed"):
+        if name not in _GEMV_KERNELS:
             assert "--fmad=false" in options
             self.decode = getattr(_DecodeKernels, name)
 
@@ -205,7 +208,7 @@ class RawKernel:
         if any(_is_host(a) for a in args) or \
                 any(a.dev != _current[0] for a in args if isinstance(a, ndarray)):
             raise ValueError(f"simulated cupy: {self.name} given an array off the current device")
-        if self.name not in ("int8_gemv", "int8_gemv_routed"):
+        if self.name not in _GEMV_KERNELS:
             return self.decode(grid, block, shared_mem, *(
                 numpy.asarray(a) if isinstance(a, ndarray) else a for a in args))
         x, w, s = (numpy.asarray(a) for a in args[:3])

@@ -150,9 +150,13 @@ def cmd_bench(args):
     if "bandwidth_efficiency" in r:
         print(f"per layer       {r['layer_decode_s']:.3f} s per token for {r['layer_gb']:.3f} GB int8: "
               f"bandwidth efficiency {r['bandwidth_efficiency']:.2f}")
+    if "cpu_kernel" in r:
+        print(f"cpu kernel      {r['cpu_kernel']}" + (
+            "" if r["cpu_kernel"] == "native" else
+            " (no C compiler, or MINIGROK_NATIVE=0: numpy widens int8 chunk by chunk)"))
     if "widen_gb_s" in r:
         print(f"numpy widening  {r['widen_gb_s']:.1f} GB/s of int8 to float32 on all threads "
-              "(the CPU fast path's ceiling)")
+              "(the ceiling of the numpy path)")
     print(f"peak memory     {r['peak_rss_mb']:.0f} MB resident, {r['peak_anon_mb']:.0f} MB anonymous "
           "(memory-mapped weights count only in the first)")
 

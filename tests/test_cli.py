@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import minigrok
+from minigrok import fast
 from minigrok.make_checkpoint import RECIPE
 
 from testutil import run_cli, tokenizer_path
@@ -77,6 +78,7 @@ def test_bench_json_holds_the_promised_figures(small_dir, env):
     assert min(b["load_s"], b["prefill_tok_s"], b["decode_tok_s"], b["gemv_gb_s"],
                b["widen_gb_s"]) > 0
     assert 0 < b["peak_anon_mb"] <= b["peak_rss_mb"]
+    assert b["cpu_kernel"] == ("native" if fast.native_kernel() else "numpy")
     # The efficiency is the floor (one layer's int8 bytes at the GEMV bandwidth) over the
     # measured layer time, as the README defines it.
     floor = b["layer_gb"] / b["gemv_gb_s"]

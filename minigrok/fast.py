@@ -153,16 +153,16 @@ def _int8_rows_product(x, weight, scales, r0: int, r1: int, chunk_rows: int):
 def int8_matmul(x, weight, scales, chunk_rows: int | None = None, threads: int | None = None):
     """x [T, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [T, out].
 
-    On the host. One token goes to the compiled kernel (``native_gemv``) where there is one;
-    otherwise numpy widens chunks of rows. ``chunk_rows`` and ``threads`` default to the
-    measured best for the shape; setting ``chunk_rows`` forces the numpy path (tests use both
-    to force the chunked and the threaded paths on small matrices).
+    On the host. Up to NATIVE_TOKENS tokens go to the compiled kernel (``native_matmul``)
+    where there is one; otherwise numpy widens chunks of rows. ``chunk_rows`` and ``threads``
+    default to the measured best for the shape; setting ``chunk_rows`` forces the numpy path
+    (tests use both to force the chunked and the threaded paths on small matrices).
     """
     n_in, n_out = weight.shape
-    if x.shape[0] == 1 and chunk_rows is None and weight.flags.c_contiguous:
+    if x.shape[0] <= NATIVE_TOKENS and chunk_rows is None and weight.flags.c_contiguous:
         kernel = native_kernel()
         if kernel is not None:
-            return native_gemv(x, weight, scales, kernel, threads)
+            return native_matmul(x, weight, scales, kernel, threads)
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // n_out)
     if threads is None:
@@ -226,21 +226,21 @@ _NATIVE_SOURCE = r"""
 #if defined(__AVX2__) && defined(__FMA__) && !defined(MINIGROK_PORTABLE)
 #include <immintrin.h>
 #define USE_AVX2 1
+/* 8 int8 -> 8 int32 -> 8 float32, in registers */
+#define WIDEN(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #endif
 
-enum { TILE = 8192 };
+enum { TILE = 8192 };        /* partial sums per thread: 32 KB, in the first-level cache */
 
-/* part[j] += x[k] * w[k * stride + j] for k = 0..rows-1 (rows <= 4), one row after another */
+/* part[t][j] += x[t][k] * w[k][j] for tokens t < T and rows k < rows (at most 4), one row
+   after another. part is [T][n]; x's rows are x_stride apart, w's rows stride apart. */
 static void add_rows(float *restrict part, const int8_t *restrict w, int64_t stride,
-                     const float *restrict x, int rows, int64_t n) {
+                     const float *restrict x, int64_t x_stride, int64_t T, int rows,
+                     int64_t n) {
     int64_t j = 0;
 #ifdef USE_AVX2
     if (rows == 4) {
-        __m256 x0 = _mm256_set1_ps(x[0]), x1 = _mm256_set1_ps(x[1]);
-        __m256 x2 = _mm256_set1_ps(x[2]), x3 = _mm256_set1_ps(x[3]);
         for (; j + 8 <= n; j += 8) {
-            /* 8 int8 -> 8 int32 -> 8 float32, in registers */
-#define WIDEN(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
             if (j % 64 == 0) {
                 /* The next 4 rows' bytes, a cache line at a time: the hardware prefetcher
                    stops at each 4 KB page, and the next rows start on new pages. (Past the
@@ -248,55 +248,74 @@ static void add_rows(float *restrict part, const int8_t *restrict w, int64_t str
                 for (int k = 4; k < 8; k++)
                     _mm_prefetch((const char *)(w + k * stride + j), _MM_HINT_T1);
             }
-            __m256 s = _mm256_loadu_ps(part + j);
-            s = _mm256_fmadd_ps(x0, WIDEN(w + j), s);
-            s = _mm256_fmadd_ps(x1, WIDEN(w + stride + j), s);
-            s = _mm256_fmadd_ps(x2, WIDEN(w + 2 * stride + j), s);
-            s = _mm256_fmadd_ps(x3, WIDEN(w + 3 * stride + j), s);
-            _mm256_storeu_ps(part + j, s);
+            /* each row's 8 weights widened once, for all the tokens */
+            __m256 w0 = WIDEN(w + j), w1 = WIDEN(w + stride + j);
+            __m256 w2 = WIDEN(w + 2 * stride + j), w3 = WIDEN(w + 3 * stride + j);
+            for (int64_t t = 0; t < T; t++) {
+                const float *xt = x + t * x_stride;
+                __m256 s = _mm256_loadu_ps(part + t * n + j);
+                s = _mm256_fmadd_ps(_mm256_set1_ps(xt[0]), w0, s);
+                s = _mm256_fmadd_ps(_mm256_set1_ps(xt[1]), w1, s);
+                s = _mm256_fmadd_ps(_mm256_set1_ps(xt[2]), w2, s);
+                s = _mm256_fmadd_ps(_mm256_set1_ps(xt[3]), w3, s);
+                _mm256_storeu_ps(part + t * n + j, s);
+            }
         }
     }
 #endif
-    if (rows == 4) {
-        const int8_t *w1 = w + stride, *w2 = w1 + stride, *w3 = w2 + stride;
-        for (; j < n; j++) {
-            float s = part[j];
-            s += x[0] * (float)w[j];
-            s += x[1] * (float)w1[j];
-            s += x[2] * (float)w2[j];
-            s += x[3] * (float)w3[j];
-            part[j] = s;
+    for (int64_t t = 0; t < T; t++) {      /* plain C: the rest, or everything without AVX2 */
+        const float *xt = x + t * x_stride;
+        float *pt = part + t * n;
+        if (rows == 4) {                    /* spelled out, so that compilers vectorise it */
+            const int8_t *w1 = w + stride, *w2 = w1 + stride, *w3 = w2 + stride;
+            for (int64_t i = j; i < n; i++) {
+                float s = pt[i];
+                s += xt[0] * (float)w[i];
+                s += xt[1] * (float)w1[i];
+                s += xt[2] * (float)w2[i];
+                s += xt[3] * (float)w3[i];
+                pt[i] = s;
+            }
+        } else {                            /* the last rows of a scale block, fewer than 4 */
+            for (int64_t i = j; i < n; i++) {
+                float s = pt[i];
+                for (int k = 0; k < rows; k++) s += xt[k] * (float)w[k * stride + i];
+                pt[i] = s;
+            }
         }
-    }
-    for (; j < n; j++) {                    /* the last rows of a block, fewer than 4 */
-        float s = part[j];
-        for (int k = 0; k < rows; k++) s += x[k] * (float)w[k * stride + j];
-        part[j] = s;
     }
 }
 
-/* y[c0:c1] of x [n_in] @ (w [n_in, n_out] int8 * scales [n_in / rows_per_scale, n_out]) */
-void int8_gemv(const float *x, const int8_t *w, const float *scales, float *y,
-               int64_t n_in, int64_t n_out, int64_t rows_per_scale, int64_t c0, int64_t c1) {
+/* y[:, c0:c1] of x [T, n_in] @ (w [n_in, n_out] int8 * scales [n_in / rows_per_scale, n_out]),
+   y [T, n_out]; T at most TILE / 8 */
+void int8_matmul(const float *x, const int8_t *w, const float *scales, float *y, int64_t T,
+                 int64_t n_in, int64_t n_out, int64_t rows_per_scale, int64_t c0, int64_t c1) {
     float part[TILE], total[TILE];
-    for (int64_t j0 = c0; j0 < c1; j0 += TILE) {
-        int64_t n = c1 - j0 < TILE ? c1 - j0 : TILE;
-        memset(total, 0, n * sizeof(float));
+    int64_t cols = TILE / T / 8 * 8;       /* columns per tile: T rows of sums fill TILE */
+    for (int64_t j0 = c0; j0 < c1; j0 += cols) {
+        int64_t n = c1 - j0 < cols ? c1 - j0 : cols;
+        memset(total, 0, T * n * sizeof(float));
         for (int64_t r0 = 0; r0 < n_in; r0 += rows_per_scale) {
-            memset(part, 0, n * sizeof(float));
+            memset(part, 0, T * n * sizeof(float));
             for (int64_t r = r0; r < r0 + rows_per_scale; r += 4) {
                 int rows = r0 + rows_per_scale - r < 4 ? (int)(r0 + rows_per_scale - r) : 4;
-                add_rows(part, w + r * n_out + j0, n_out, x + r, rows, n);
+                add_rows(part, w + r * n_out + j0, n_out, x + r, n_in, T, rows, n);
             }
             const float *s = scales + (r0 / rows_per_scale) * n_out + j0;
-            for (int64_t j = 0; j < n; j++) total[j] += part[j] * s[j];
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t j = 0; j < n; j++) total[t * n + j] += part[t * n + j] * s[j];
         }
-        memcpy(y + j0, total, n * sizeof(float));
+        for (int64_t t = 0; t < T; t++) memcpy(y + t * n_out + j0, total + t * n, n * sizeof(float));
     }
 }
 """
 
-_native = {}                   # portable (bool) -> the ctypes function, or None: built, or not
+# Tokens per call of the compiled kernel. Each 8 weights are widened once for all of them, but
+# from 8 tokens on, numpy's chunks and BLAS's matrix product were faster (measured here on a
+# 6144 x 32768 matrix, 2 threads: 1 token 30 ms against 36; 2 tokens 31 / 61; 4 tokens 41-51 /
+# 48-61; 8 tokens 107-116 / 90-100).
+NATIVE_TOKENS = 4
+_native = {}            # portable (bool) -> the ctypes function, or None: built, or not
 
 
 def _cpu_id() -> str:
@@ -324,7 +343,7 @@ def _build_native(portable: bool):
     folder = cache_dir() / "native"
     for flags in attempts:
         key = hashlib.sha256("\0".join([_NATIVE_SOURCE, cc, *flags, _cpu_id()]).encode())
-        path = folder / f"int8_gemv-{key.hexdigest()[:16]}.so"
+        path = folder / f"int8_matmul-{key.hexdigest()[:16]}.so"
         if not path.exists():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -339,10 +358,10 @@ def _build_native(portable: bool):
             except (OSError, subprocess.SubprocessError):
                 continue
         try:
-            fn = ctypes.CDLL(str(path)).int8_gemv
+            fn = ctypes.CDLL(str(path)).int8_matmul
         except (OSError, AttributeError):
             continue
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6
         fn.restype = None
         return fn
     return None
@@ -361,27 +380,30 @@ def native_kernel(portable: bool = False):
     return _native[portable]
 
 
-def native_gemv(x, weight, scales, kernel=None, threads: int | None = None):
-    """x [1, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [1, out],
-    by the compiled kernel (``native_kernel()`` unless given), its columns split between threads.
-    The weight must be C-contiguous (a checkpoint's are): it is read where it lies."""
+def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
+    """x [T, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [T, out],
+    by the compiled kernel (``native_kernel()`` unless given), its columns split between
+    threads, NATIVE_TOKENS tokens at a time. The weight must be C-contiguous (a checkpoint's
+    are): it is read where it lies."""
     kernel = kernel or native_kernel()
     n_in, n_out = weight.shape
     if not weight.flags.c_contiguous or weight.dtype != np.int8:
-        raise ValueError(f"native_gemv: weight must be C-contiguous int8, got {weight.dtype}")
+        raise ValueError(f"native_matmul: weight must be C-contiguous int8, got {weight.dtype}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     scales = np.ascontiguousarray(scales, dtype=np.float32)
-    y = np.empty((1, n_out), dtype=np.float32)
+    y = np.empty((x.shape[0], n_out), dtype=np.float32)
     if threads is None:
         threads = num_threads() if n_in * n_out >= PARALLEL_ELEMENTS else 1
-    args = (x.ctypes.data, weight.ctypes.data, scales.ctypes.data, y.ctypes.data,
-            n_in, n_out, n_in // scales.shape[0])
     # 64 columns: a cache line of int8, so two threads never share a line of a row.
     jobs = _split(n_out, threads, 64)
-    if len(jobs) == 1:
-        kernel(*args, 0, n_out)
-    else:
-        _map(lambda c0, c1: kernel(*args, c0, c1), jobs)
+    for t0 in range(0, x.shape[0], NATIVE_TOKENS):
+        xt, yt = x[t0:t0 + NATIVE_TOKENS], y[t0:t0 + NATIVE_TOKENS]
+        args = (xt.ctypes.data, weight.ctypes.data, scales.ctypes.data, yt.ctypes.data,
+                len(xt), n_in, n_out, n_in // scales.shape[0])
+        if len(jobs) == 1:
+            kernel(*args, 0, n_out)
+        else:
+            _map(lambda c0, c1: kernel(*args, c0, c1), jobs)
     return y
 
 

@@ -104,10 +104,10 @@ def kernels():
     return [("native", native), ("portable", portable)]
 
 
-def int8_problem(rng, n_in, n_out, blocks):
+def int8_problem(rng, n_in, n_out, blocks, T=1):
     w = rng.integers(-128, 128, (n_in, n_out), dtype=np.int8)
     s = rng.uniform(1e-3, 2.0, (blocks, n_out)).astype(np.float32)
-    x = rng.standard_normal((1, n_in)).astype(np.float32)
+    x = rng.standard_normal((T, n_in)).astype(np.float32)
     dense = (w.reshape(blocks, n_in // blocks, n_out) * s[:, None].astype(np.float64))
     dense = dense.reshape(n_in, n_out)
     return x, w, s, x.astype(np.float64) @ dense, np.abs(x).astype(np.float64) @ np.abs(dense)
@@ -115,46 +115,54 @@ def int8_problem(rng, n_in, n_out, blocks):
 
 @settings(max_examples=60, deadline=None)
 @given(blocks=st.sampled_from([1, 2, 8]), per_block=st.integers(1, 13),
-       n_out=st.integers(1, 300), threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_native_gemv_equals_x_times_dequantized_weight(blocks, per_block, n_out, threads,
-                                                       seed):
+       n_out=st.integers(1, 300), T=st.integers(1, 2 * fast.NATIVE_TOKENS + 1),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_out, T, threads,
+                                                         seed):
     # per_block 1..13 leaves 0-3 rows after the groups of 4; n_out 1..300 leaves 0-7 columns
-    # after the 8-wide vectors and splits unevenly between threads
+    # after the 8-wide vectors and splits unevenly between threads; T runs past one call's
+    # NATIVE_TOKENS
     x, w, s, ref, bound = int8_problem(np.random.default_rng(seed), blocks * per_block, n_out,
-                                       blocks)
+                                       blocks, T)
     for name, kernel in kernels():
-        out = fast.native_gemv(x, w, s, kernel, threads=threads)
-        assert out.shape == (1, n_out) and out.dtype == np.float32, name
+        out = fast.native_matmul(x, w, s, kernel, threads=threads)
+        assert out.shape == (T, n_out) and out.dtype == np.float32, name
         assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), name
-        # a thread owns whole columns: the sums do not depend on how many threads there are
-        np.testing.assert_array_equal(out, fast.native_gemv(x, w, s, kernel, threads=1))
+        # a thread owns whole columns, and a token's sums do not involve the other tokens:
+        # neither the number of threads nor the batch changes a single bit
+        np.testing.assert_array_equal(out, fast.native_matmul(x, w, s, kernel, threads=1))
+        np.testing.assert_array_equal(out[-1:], fast.native_matmul(x[-1:], w, s, kernel))
 
 
-def test_native_gemv_across_column_tiles_and_scale_blocks():
-    # wider than one tile of 8192 columns, with 8 scale blocks of 4099 rows (not a multiple of 4)
-    x, w, s, ref, bound = int8_problem(np.random.default_rng(7), 8 * 5, 8192 * 2 + 37, 8)
-    for name, kernel in kernels():
-        for threads in (1, 2, 3):
-            out = fast.native_gemv(x, w, s, kernel, threads=threads)
-            assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), (name, threads)
+def test_native_matmul_across_column_tiles_and_scale_blocks():
+    # wider than a tile (8192 columns for one token, 2048 for four), 8 scale blocks of 5 rows
+    for T in (1, fast.NATIVE_TOKENS):
+        x, w, s, ref, bound = int8_problem(np.random.default_rng(7), 8 * 5, 8192 * 2 + 37, 8, T)
+        for name, kernel in kernels():
+            for threads in (1, 2, 3):
+                out = fast.native_matmul(x, w, s, kernel, threads=threads)
+                assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), (name, T, threads)
 
 
-def test_native_gemv_is_one_tokens_path_and_minigrok_native_0_turns_it_off(monkeypatch):
+def test_native_matmul_takes_a_few_tokens_and_minigrok_native_0_turns_it_off(monkeypatch):
     kernels()
-    x, w, s, ref, bound = int8_problem(np.random.default_rng(3), 64, 4096, 8)
+    x, w, s, ref, bound = int8_problem(np.random.default_rng(3), 64, 4096, 8,
+                                       fast.NATIVE_TOKENS + 1)
     calls = []
-    real = fast.native_gemv
-    monkeypatch.setattr(fast, "native_gemv", lambda *a, **k: calls.append(1) or real(*a, **k))
-    out = fast.int8_matmul(x, w, s)
-    assert calls == [1] and np.all(np.abs(out - ref) <= 1e-5 * bound)
-    fast.int8_matmul(np.concatenate([x, x]), w, s)            # two tokens: numpy's chunks
-    fast.int8_matmul(x, w, s, chunk_rows=8)                   # a chunk size asks for numpy
-    fast.int8_matmul(x, np.asfortranarray(w), s)              # not row-major: numpy
-    assert calls == [1]
+    real = fast.native_matmul
+    monkeypatch.setattr(fast, "native_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for T in (1, fast.NATIVE_TOKENS):
+        out = fast.int8_matmul(x[:T], w, s)
+        assert np.all(np.abs(out - ref[:T]) <= 1e-5 * bound[:T])
+    assert calls == [1, 1]
+    fast.int8_matmul(x, w, s)                                 # more tokens: numpy's chunks
+    fast.int8_matmul(x[:1], w, s, chunk_rows=8)               # a chunk size asks for numpy
+    fast.int8_matmul(x[:1], np.asfortranarray(w), s)          # not row-major: numpy
+    assert calls == [1, 1]
     monkeypatch.setenv("MINIGROK_NATIVE", "0")
     assert fast.native_kernel() is None
-    out = fast.int8_matmul(x, w, s)
-    assert calls == [1] and np.all(np.abs(out - ref) <= 1e-5 * bound)
+    out = fast.int8_matmul(x[:1], w, s)
+    assert calls == [1, 1] and np.all(np.abs(out - ref[:1]) <= 1e-5 * bound[:1])
 
 
 def test_native_kernel_is_built_once_into_the_cache_and_falls_back_without_a_compiler(
@@ -181,8 +189,8 @@ def test_native_kernel_is_built_once_into_the_cache_and_falls_back_without_a_com
     assert np.all(np.abs(fast.int8_matmul(x, w, s) - ref) <= 1e-5 * bound)
 
 
-def test_native_gemv_refuses_a_weight_it_would_have_to_copy():
+def test_native_matmul_refuses_a_weight_it_would_have_to_copy():
     kernel = kernels()[0][1]
     w = np.zeros((8, 16), dtype=np.int8)
     with pytest.raises(ValueError, match="C-contiguous int8"):
-        fast.native_gemv(np.ones((1, 8), np.float32), w.T.copy().T, np.ones((1, 16)), kernel)
+        fast.native_matmul(np.ones((1, 8), np.float32), w.T.copy().T, np.ones((1, 16)), kernel)

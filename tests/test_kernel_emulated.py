@@ -188,7 +188,9 @@ def test_gelu_mul_and_add_scaled_kernels(decode, n, first, seed):
     out = np.full(n, np.nan, dtype=np.float32)
     grid = -(-n // 256)
     run(decode, "gelu_mul", grid, 256, a, b, out, n)
-    assert close(out, moe.gelu(a) * b)
+    # In GELU's negative tail 1 + tanh(.) cancels: the two tanh's last-bit difference is then
+    # a large relative error, so the error is measured against the scale 0.5 |a b|, not gelu.
+    assert np.abs(out - moe.gelu(a) * b).max() <= 1e-5 * max(np.abs(0.5 * a * b).max(), 1e-30)
     want = (0 if first else m) + gate[0] * y
     run(decode, "add_scaled", grid, 256, gate, y, m, first, n)
     assert close(m, want)

@@ -240,6 +240,8 @@ static void add_rows(float *restrict part, const int8_t *restrict w, int64_t str
     int64_t j = 0;
 #ifdef USE_AVX2
     if (rows == 4) {
+        __m256 x0 = _mm256_set1_ps(x[0]), x1 = _mm256_set1_ps(x[1]);
+        __m256 x2 = _mm256_set1_ps(x[2]), x3 = _mm256_set1_ps(x[3]);
         for (; j + 8 <= n; j += 8) {
             if (j % 64 == 0) {
                 /* The next 4 rows' bytes, a cache line at a time: the hardware prefetcher
@@ -251,6 +253,15 @@ static void add_rows(float *restrict part, const int8_t *restrict w, int64_t str
             /* each row's 8 weights widened once, for all the tokens */
             __m256 w0 = WIDEN(w + j), w1 = WIDEN(w + stride + j);
             __m256 w2 = WIDEN(w + 2 * stride + j), w3 = WIDEN(w + 3 * stride + j);
+            if (T == 1) {                   /* decoding: x's 4 values stay in registers */
+                __m256 s = _mm256_loadu_ps(part + j);
+                s = _mm256_fmadd_ps(x0, w0, s);
+                s = _mm256_fmadd_ps(x1, w1, s);
+                s = _mm256_fmadd_ps(x2, w2, s);
+                s = _mm256_fmadd_ps(x3, w3, s);
+                _mm256_storeu_ps(part + j, s);
+                continue;
+            }
             for (int64_t t = 0; t < T; t++) {
                 const float *xt = x + t * x_stride;
                 __m256 s = _mm256_loadu_ps(part + t * n + j);

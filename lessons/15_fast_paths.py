@@ -2,9 +2,9 @@
 # # Lesson 15: fast paths, on a CPU and on a GPU
 #
 # **Goal.** See why decoding one token is a race to read int8 bytes, how minigrok's fast
-# paths run that race on a CPU (numpy) and on a GPU (a 70-line CUDA kernel), and what limits
-# each; why a GPU also needs the whole layer in a few kernels; then where Grok-1's 64 layers
-# go when a GPU has too little memory.
+# paths run that race on a CPU (numpy, or a small C kernel) and on a GPU (a CUDA kernel),
+# and what limits each; why a GPU also needs the whole layer in a few kernels; then where
+# Grok-1's 64 layers go when a GPU has too little memory.
 #
 # **The idea.** One token's product with an int8 weight, y = x (q * s), reads every byte of
 # q once and does 2 flops per byte: far too little work to keep a processor busy, so the
@@ -12,10 +12,14 @@
 # first writes a float32 copy of W (4 bytes per weight) and then reads it back: five memory
 # trips per byte instead of one. The fast paths never hold that copy:
 #
-# * **CPU** (`fast.int8_matmul`): widen a cache-sized chunk of rows to float32, multiply it
-#   where it lies (BLAS), next chunk; the rows are split between threads (numpy releases
-#   the GIL in both steps). The scales wait until a whole row block is summed:
+# * **CPU, numpy** (`fast.int8_matmul`): widen a cache-sized chunk of rows to float32,
+#   multiply it where it lies (BLAS), next chunk; the rows are split between threads (numpy
+#   releases the GIL in both steps). The scales wait until a whole row block is summed:
 #   $x_b (q_b s_b) = (x_b q_b) s_b$.
+# * **CPU, compiled** (`fast.native_matmul`): the same sums in ~100 lines of C
+#   (`fast._NATIVE_SOURCE`, built on first use with the system's C compiler), which widens
+#   8 int8 at a time in registers right where it multiplies them; the columns are split
+#   between threads. One to four tokens take it where a compiler exists.
 # * **GPU** (`fast.int8_gemv`): one thread owns 16 output columns, reads their 16 int8 of a
 #   row as a single 16-byte load, and multiplies as it reads; 8 row lanes per block add up
 #   in shared memory; each block's row range stays inside one scale block; the last block
@@ -51,11 +55,11 @@ def best_time(fn, repeats=7):
 
 # %% [markdown]
 # ## The CPU race
-# One token against a 4096 x 8192 int8 matrix (32 MB; a Grok-1 expert matrix is 201 MB),
-# five ways: the machine's float32 matrix-vector speed (the yardstick: bytes a BLAS product
-# can read per second), numpy's int8 -> float32 widening alone (the fast path's ceiling:
-# every byte must be widened once), the teaching path, and the fast path on one thread
-# and on all of them.
+# One token against a 4096 x 8192 int8 matrix (32 MB; a Grok-1 expert matrix is 201 MB):
+# the machine's float32 matrix-vector speed (the yardstick: bytes a BLAS product can read
+# per second), numpy's int8 -> float32 widening alone (the numpy path's ceiling: every byte
+# must be widened once), the teaching path, the numpy path and the compiled kernel, each on
+# one thread and on all of them.
 
 # %%
 rng = np.random.default_rng(15)
@@ -63,6 +67,7 @@ n_in, n_out = 4096, 8192
 qw = quant.QuantizedWeight8bit(rng.integers(-127, 128, (n_in, n_out), dtype=np.int8),
                                quant.f32_to_bf16(rng.uniform(1e-3, 2e-3, (8, n_out)).astype(np.float32)))
 x = rng.standard_normal((1, n_in)).astype(np.float32)
+scales = quant.bf16_to_f32(qw.scales)
 nbytes = qw.weight.nbytes
 
 dense = np.ones((n_in, 4 * n_out), dtype=np.float32)               # 128 MB of float32
@@ -74,18 +79,29 @@ rates["widen int8\n(1 thread)"] = nbytes / best_time(
     lambda: [np.copyto(buf, qw.weight[r:r + len(buf)], casting="unsafe")
              for r in range(0, n_in, len(buf))])
 rates["x @ dequantize(W)\n(teaching)"] = nbytes / best_time(lambda: x @ quant.dequantize(qw))
-rates["fast path\n1 thread"] = nbytes / best_time(lambda: quant.matmul(x, qw, threads=1))
 threads = fast.num_threads()
-FAST = f"fast path\n{threads} threads"
-rates[FAST] = nbytes / best_time(lambda: quant.matmul(x, qw, threads=threads))
+chunk = fast.CHUNK_ELEMENTS // n_out                   # a chunk size selects the numpy path
+NUMPY = f"numpy path\n{threads} threads"
+rates["numpy path\n1 thread"] = nbytes / best_time(
+    lambda: quant.matmul(x, qw, chunk_rows=chunk, threads=1))
+rates[NUMPY] = nbytes / best_time(lambda: quant.matmul(x, qw, chunk_rows=chunk, threads=threads))
+kernel = fast.native_kernel()
+colors = ["tab:gray", "tab:gray", "tab:red", "tab:blue", "tab:blue"]
+if kernel is None:
+    print("(no C compiler here, or MINIGROK_NATIVE=0: only the numpy path runs)")
+else:
+    for n in (1, threads):
+        rates[f"compiled\n{n} thread{'s' * (n > 1)}"] = nbytes / best_time(
+            lambda: fast.native_matmul(x, qw.weight, scales, kernel, threads=n))
+    colors += ["tab:green", "tab:green"]
 for name, rate in rates.items():
     C.measured(name.replace("\n", " "), f"{rate / 1e9:.1f} GB/s")
-ratio = rates[FAST] / rates["float32 GEMV\n(yardstick)"]
-print(f"fast path / yardstick = {ratio:.2f}: the bandwidth efficiency `minigrok bench` reports")
+best = max(rates[NUMPY], rates.get(f"compiled\n{threads} threads", 0))
+ratio = best / rates["float32 GEMV\n(yardstick)"]
+print(f"fastest / yardstick = {ratio:.2f}: the bandwidth efficiency `minigrok bench` reports")
 
-fig, ax = C.plt.subplots(figsize=(7.5, 3))
-ax.bar(range(len(rates)), [r / 1e9 for r in rates.values()],
-       color=["tab:gray", "tab:gray", "tab:red", "tab:blue", "tab:blue"])
+fig, ax = C.plt.subplots(figsize=(8.5, 3))
+ax.bar(range(len(rates)), [r / 1e9 for r in rates.values()], color=colors)
 ax.set_xticks(range(len(rates)), list(rates), fontsize=7)
 ax.set_ylabel("GB/s of weights read")
 ax.set_title(f"one token x int8 matrix on this CPU ({threads} threads; measured, varies by run)")
@@ -94,11 +110,14 @@ C.save_figure(fig, "int8_throughput")
 
 # %% [markdown]
 # Read the bars from the left. numpy widens int8 at a few GB/s per core, well below what
-# memory delivers, so on a small CPU the widening, not the memory, sets the pace: the fast
-# path can only approach "widen" times the number of cores. (On the 2-core development
-# machine: widening 5-7 GB/s per core, the yardstick 20-26 GB/s, a full-width Grok-1 layer
-# at ~6 GB/s of int8: efficiency ~0.25. A compiled kernel that widens in registers would
-# reach the yardstick; the GPU kernel below is exactly that.)
+# memory delivers, so on a small CPU the widening, not the memory, sets the numpy path's
+# pace: it can only approach "widen" times the number of cores. (On the 2-core development
+# machine: widening 5-7 GB/s per core, the yardstick 17-33 GB/s, a full-width Grok-1 layer
+# at ~6 GB/s of int8: efficiency ~0.25.) The compiled kernel never writes the float32
+# copy: each 8 weights go from memory to a register, are widened there (two AVX2
+# instructions) and multiplied at once; on the same machine it reads a layer at 11-14 GB/s
+# (efficiency ~0.55). Read `add_rows` in `fast._NATIVE_SOURCE`: the plain-C loop under the
+# AVX2 one is the same arithmetic, for CPUs without AVX2.
 #
 # ## Why BLAS is held to one thread
 # OpenBLAS starts its own threads inside every product. Inside minigrok's row split that
@@ -108,10 +127,10 @@ C.save_figure(fig, "int8_throughput")
 # %%
 saved = fast.blas_threads
 fast.blas_threads = lambda n: contextlib.nullcontext()          # let OpenBLAS do as it likes
-fought = nbytes / best_time(lambda: quant.matmul(x, qw, threads=threads))
+fought = nbytes / best_time(lambda: quant.matmul(x, qw, chunk_rows=chunk, threads=threads))
 fast.blas_threads = saved
-C.measured(f"fast path, {threads} threads, BLAS left to start its own", f"{fought / 1e9:.1f} GB/s")
-C.measured(f"fast path, {threads} threads, BLAS held to one", f"{rates[FAST] / 1e9:.1f} GB/s")
+C.measured(f"numpy path, {threads} threads, BLAS left to start its own", f"{fought / 1e9:.1f} GB/s")
+C.measured(f"numpy path, {threads} threads, BLAS held to one", f"{rates[NUMPY] / 1e9:.1f} GB/s")
 
 # %% [markdown]
 # ## The GPU kernel, block by block
@@ -200,5 +219,7 @@ for gpus, free, name in ((1, 79, "1 x H100 80 GB"), (4, 79, "4 x H100 80 GB"),
 #   efficiency`: the 2-layer time minus the 1-layer time, against the yardstick.
 # - Set `MINIGROK_THREADS=1` and rerun the first cell: how close is one thread to "widen"?
 # - Change `fast.CHUNK_ELEMENTS` to `1 << 16` and `1 << 23`: why do both get slower?
+# - `fast.native_kernel(portable=True)` builds the kernel without its AVX2 loop: put it in
+#   the race. Then run `bench` with `MINIGROK_NATIVE=0`, and compare `layer_decode_s`.
 # - On a GPU: `python -m minigrok bench --checkpoint DIR --device cuda --gpu-memory 8`
 #   streams every layer; compare its tokens/s with the estimate above.

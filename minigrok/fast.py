@@ -576,6 +576,27 @@ def int8_gemv(x, weight, scales, experts=None, slot: int = 0):
     return y
 
 
+def int8_matmul_gpu(x, weight, scales):
+    """Several tokens on the GPU: x [T, in] float32 @ (weight [in, out] int8, scales [B, out]
+    bf16 bits) -> [T, out] float32, for a prefill.
+
+    The int8 is widened to float32 once (exact) and multiplied by cuBLAS; each row block's
+    scales multiply its partial product afterwards, (x_b q_b) s_b, as on the CPU. Against
+    the teaching ``x @ dequantize(W)`` this skips a full float32 pass over the weight
+    (its ``* scales``): ~9 bytes of traffic per weight instead of ~13.
+    """
+    cupy = array_module(x)
+    T, (n_in, n_out), blocks = x.shape[0], weight.shape, scales.shape[0]
+    s = (scales.astype(cupy.uint32) << 16).view(cupy.float32)            # [B, out]
+    w = weight.astype(cupy.float32)                                      # [in, out]
+    if blocks == 1:
+        return (x @ w) * s
+    rows = n_in // blocks
+    parts = cupy.matmul(x.reshape(T, blocks, rows).transpose(1, 0, 2),   # [B, T, rows]
+                        w.reshape(blocks, rows, n_out))                  # -> [B, T, out]
+    return (parts * s[:, None, :]).sum(axis=0)                           # [T, out]
+
+
 def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
     """The kernel's launch: (grid, block, rows per block, rows per scale block)."""
     rows_per_scale = n_in // n_scale_blocks

@@ -80,13 +80,15 @@ def dequantize(qw):
 
 
 def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
-    """x @ dequantize(qw) without ever holding the fp32 weight: x [T, in] -> [T, out] fp32.
+    """x @ dequantize(qw): x [T, in] -> [T, out] fp32, by the fast paths of fast.py.
 
-    qw must be a single matrix (weight [in, out]; index experts first). Small weights take
-    the teaching path, ``x @ dequantize(qw)``; large ones on the CPU go to
-    fast.int8_matmul, which widens a few rows at a time (``chunk_rows``, ``threads``: see
-    there; setting either forces that path). On a GPU one token goes through fast.int8_gemv;
-    a weight still on the host (a streamed layer) is copied over first (stream.fetch).
+    qw must be a single matrix (weight [in, out]; index experts first). Small weights on the
+    CPU take the teaching path, ``x @ dequantize(qw)``; large ones go to fast.int8_matmul,
+    which never holds the fp32 weight (the compiled kernel for a few tokens, else numpy
+    widening a few rows at a time: ``chunk_rows``, ``threads``, see there; setting either
+    forces numpy). On a GPU one token goes through fast.int8_gemv, several through
+    fast.int8_matmul_gpu; a weight still on the host (a streamed layer) is copied over
+    first (stream.fetch).
     """
     xp = array_module(x)
     n_in, n_out = qw.weight.shape
@@ -98,7 +100,7 @@ def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
             qw = stream.fetch(qw)
         if x.shape[0] == 1 and fast.gemv_fits(qw.weight):      # decoding: the int8 GEMV kernel
             return fast.int8_gemv(x, qw.weight, qw.scales)
-        return x @ dequantize(qw)
+        return fast.int8_matmul_gpu(x, qw.weight, xp.asarray(qw.scales))
     if n_in * n_out <= fast.CHUNK_ELEMENTS and chunk_rows is None and threads is None:
         return x @ dequantize(qw)
     return fast.int8_matmul(x, qw.weight, bf16_to_f32(np.asarray(qw.scales)), chunk_rows,

@@ -96,6 +96,7 @@ def main(checkpoint):
     section(gemvs, m, hbm)
     section(gemv_widen_variant, m, hbm)
     section(layer_step, m, hbm)
+    section(prefill_products, m, hbm)
     section(host_copies, m)
     emit(what="done")
 
@@ -225,6 +226,26 @@ def layer_step(m, hbm):
          route_ms=wall_ms(lambda: route(xn, layer["router"], cfg.num_selected_experts)),
          expert_ms=wall_ms(lambda: expert(xn, *(expert_weight(experts[n], e) for n in
                                                ("linear", "linear_v", "linear_1")))))
+
+
+def prefill_products(m, hbm):
+    """Several tokens through one expert's matrices: fast.int8_matmul_gpu (what a prefill
+    runs), the teaching x @ dequantize(W), and T one-token GEMVs (what a multi-token int8
+    kernel would beat)."""
+    from minigrok import quant
+
+    experts = m.params["layers"][0]["moe"]
+    for name in ("linear", "linear_1"):
+        qw = expert_weight(experts[name], 0)
+        for T in (4, 16, 64):
+            x = cupy.random.standard_normal((T, qw.weight.shape[0]), dtype=cupy.float32)
+            fast_ms = event_ms(lambda: fast.int8_matmul_gpu(x, qw.weight, qw.scales), 10)
+            teaching_ms = event_ms(lambda: x @ quant.dequantize(qw), 10)
+            gemvs_ms = event_ms(lambda: [fast.int8_gemv(x[t:t + 1], qw.weight, qw.scales)
+                                         for t in range(T)], 10)
+            emit(what="prefill_product", matrix=name, shape=list(qw.weight.shape), tokens=T,
+                 ms=fast_ms, teaching_ms=teaching_ms, gemv_per_token_ms=gemvs_ms,
+                 read_floor_ms=qw.weight.nbytes / hbm / 1e6)
 
 
 def host_copies(m):

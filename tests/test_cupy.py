@@ -59,11 +59,14 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
     got = fast.int8_gemv(cupy.asarray(x), cupy.asarray(w), cupy.asarray(scales)).get()
     assert got.shape == (1, n_out) and got.dtype == np.float32
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30)
-    # quant.matmul takes the kernel for one token and the teaching path for several
+    # quant.matmul takes the kernel for one token, fast.int8_matmul_gpu for several
     qw = quant.QuantizedWeight8bit(cupy.asarray(w), cupy.asarray(scales))
     assert np.array_equal(quant.matmul(cupy.asarray(x), qw).get(), got)
-    two = quant.matmul(cupy.asarray(np.repeat(x, 2, axis=0)), qw).get()
-    assert np.all(np.abs(two - ref) <= 1e-5 * bound + 1e-30)
+    xs = np.concatenate([x, rng.standard_normal((2, n_in)).astype(np.float32) * 100])
+    many = quant.matmul(cupy.asarray(xs), qw).get()
+    assert many.shape == (3, n_out) and many.dtype == np.float32
+    assert np.all(np.abs(many - xs.astype(np.float64) @ dense)
+                  <= 1e-5 * (np.abs(xs).astype(np.float64) @ np.abs(dense)) + 1e-30)
     # the same weight as expert 2 of 3 stacked ones, its index read on the GPU
     stacked_w = np.stack([rng.integers(-127, 128, w.shape, dtype=np.int8), w[::-1], w])
     stacked_s = np.stack([scales[::-1], scales[::-1], scales])

@@ -446,15 +446,18 @@ GEMV_LANES = 8           # row lanes per block (blockDim.y)
 GEMV_ROWS = 1024         # rows per block at most (a divisor of the scale block's rows)
 GEMV_MIN_ROWS = 32       # ... and at least, where the scale blocks allow
 GEMV_BLOCKS = 512        # blocks wanted per launch: ~4 per multiprocessor
+GEMV_TOKENS = 4          # tokens per launch of int8_gemv_tokens (4 x 16 sums per thread)
+GEMV_MAX_TOKENS = 32     # more tokens than this go to int8_matmul_gpu (cuBLAS)
 
-_GEMV_SOURCE = r"""
+_GEMV_SOURCE = f"#define GEMV_TOKENS {GEMV_TOKENS}\n" + r"""
+template <int TOKENS>
 __device__ void gemv(
-        const float* __restrict__ x,                // [n_in]
+        const float* __restrict__ x,                // [TOKENS, n_in]
         const signed char* __restrict__ w,          // [n_in, n_out], rows 16-byte aligned
         const unsigned short* __restrict__ scales,  // [n_blocks, n_out] bfloat16 bits
-        float* __restrict__ partial,                // [n_in / rows, n_out] scratch
+        float* __restrict__ partial,                // [n_in / rows, TOKENS, n_out] scratch
         unsigned int* __restrict__ arrived,         // [gridDim.x] zeros, left as zeros
-        float* __restrict__ y,                      // [n_out]
+        float* __restrict__ y,                      // [TOKENS, n_out]
         int n_out, int rows, int rows_per_scale) {
     const int COLUMNS = 16, WARPS = 32, LANES = 8;
     __shared__ float sums[LANES][WARPS * COLUMNS];
@@ -463,27 +466,38 @@ __device__ void gemv(
     int col = tile + threadIdx.x * COLUMNS;                // first column of this thread
     int row0 = blockIdx.y * rows;
     int me = threadIdx.y * WARPS + threadIdx.x;            // 0 .. 255
-    float acc[COLUMNS];
-    for (int j = 0; j < COLUMNS; j++) acc[j] = 0.0f;
+    size_t n_in = (size_t)rows * gridDim.y;
+    float acc[TOKENS][COLUMNS];
+    for (int t = 0; t < TOKENS; t++)
+        for (int j = 0; j < COLUMNS; j++) acc[t][j] = 0.0f;
     if (col < n_out) {
         #pragma unroll 4
         for (int r = row0 + threadIdx.y; r < row0 + rows; r += LANES) {
             int4 packed = *reinterpret_cast<const int4*>(w + (size_t)r * n_out + col);
             const signed char* q = reinterpret_cast<const signed char*>(&packed);
-            float xr = x[r];
+            float wf[COLUMNS];                             // widened once for all tokens
             #pragma unroll
-            for (int j = 0; j < COLUMNS; j++) acc[j] += xr * (float)q[j];
+            for (int j = 0; j < COLUMNS; j++) wf[j] = (float)q[j];
+            #pragma unroll
+            for (int t = 0; t < TOKENS; t++) {
+                float xr = x[t * n_in + r];
+                #pragma unroll
+                for (int j = 0; j < COLUMNS; j++) acc[t][j] += xr * wf[j];
+            }
         }
     }
-    for (int j = 0; j < COLUMNS; j++) sums[threadIdx.y][threadIdx.x * COLUMNS + j] = acc[j];
-    __syncthreads();
-    // The 256 threads now add the 8 lanes of the 512 columns, two columns each.
+    // Token by token, the 256 threads add the 8 lanes of the 512 columns, two columns each.
     const unsigned short* s = scales + (size_t)(row0 / rows_per_scale) * n_out;
-    for (int c = me; c < WARPS * COLUMNS && tile + c < n_out; c += WARPS * LANES) {
-        float total = 0.0f;
-        for (int lane = 0; lane < LANES; lane++) total += sums[lane][c];
-        float scale = __uint_as_float((unsigned int)s[tile + c] << 16);   // bf16 -> fp32
-        partial[(size_t)blockIdx.y * n_out + tile + c] = total * scale;
+    for (int t = 0; t < TOKENS; t++) {
+        for (int j = 0; j < COLUMNS; j++) sums[threadIdx.y][threadIdx.x * COLUMNS + j] = acc[t][j];
+        __syncthreads();
+        for (int c = me; c < WARPS * COLUMNS && tile + c < n_out; c += WARPS * LANES) {
+            float total = 0.0f;
+            for (int lane = 0; lane < LANES; lane++) total += sums[lane][c];
+            float scale = __uint_as_float((unsigned int)s[tile + c] << 16);   // bf16 -> fp32
+            partial[((size_t)blockIdx.y * TOKENS + t) * n_out + tile + c] = total * scale;
+        }
+        if (t + 1 < TOKENS) __syncthreads();               // before sums is written again
     }
     // Count this block in. The tile's last block to arrive sees every partial row (each
     // writer fenced before it was counted) and adds them.
@@ -494,20 +508,24 @@ __device__ void gemv(
     if (!last) return;
     // Lane l adds partial rows l, l + 8, ... for 16 columns 32 apart (a warp reads 128
     // contiguous bytes, 16 loads in flight per thread); then the lanes, in lane order.
-    for (int j = 0; j < COLUMNS; j++) acc[j] = 0.0f;
-    for (int b = threadIdx.y; b < gridDim.y; b += LANES) {
-        #pragma unroll
-        for (int j = 0; j < COLUMNS; j++) {
-            int c = tile + threadIdx.x + j * WARPS;
-            if (c < n_out) acc[j] += __ldcg(partial + (size_t)b * n_out + c);
+    for (int t = 0; t < TOKENS; t++) {
+        float sum[COLUMNS];
+        for (int j = 0; j < COLUMNS; j++) sum[j] = 0.0f;
+        for (int b = threadIdx.y; b < gridDim.y; b += LANES) {
+            #pragma unroll
+            for (int j = 0; j < COLUMNS; j++) {
+                int c = tile + threadIdx.x + j * WARPS;
+                if (c < n_out) sum[j] += __ldcg(partial + ((size_t)b * TOKENS + t) * n_out + c);
+            }
         }
-    }
-    for (int j = 0; j < COLUMNS; j++) sums[threadIdx.y][threadIdx.x + j * WARPS] = acc[j];
-    __syncthreads();
-    for (int c = me; c < WARPS * COLUMNS && tile + c < n_out; c += WARPS * LANES) {
-        float total = 0.0f;
-        for (int lane = 0; lane < LANES; lane++) total += sums[lane][c];
-        y[tile + c] = total;
+        for (int j = 0; j < COLUMNS; j++) sums[threadIdx.y][threadIdx.x + j * WARPS] = sum[j];
+        __syncthreads();
+        for (int c = me; c < WARPS * COLUMNS && tile + c < n_out; c += WARPS * LANES) {
+            float total = 0.0f;
+            for (int lane = 0; lane < LANES; lane++) total += sums[lane][c];
+            y[(size_t)t * n_out + tile + c] = total;
+        }
+        if (t + 1 < TOKENS) __syncthreads();
     }
     if (me == 0) arrived[blockIdx.x] = 0;
 }
@@ -515,7 +533,14 @@ __device__ void gemv(
 extern "C" __global__ void int8_gemv(
         const float* x, const signed char* w, const unsigned short* scales, float* partial,
         unsigned int* arrived, float* y, int n_out, int rows, int rows_per_scale) {
-    gemv(x, w, scales, partial, arrived, y, n_out, rows, rows_per_scale);
+    gemv<1>(x, w, scales, partial, arrived, y, n_out, rows, rows_per_scale);
+}
+
+// GEMV_TOKENS tokens at once (a prefill): each weight is read and widened once for all.
+extern "C" __global__ void int8_gemv_tokens(
+        const float* x, const signed char* w, const unsigned short* scales, float* partial,
+        unsigned int* arrived, float* y, int n_out, int rows, int rows_per_scale) {
+    gemv<GEMV_TOKENS>(x, w, scales, partial, arrived, y, n_out, rows, rows_per_scale);
 }
 
 // The same product by expert experts[slot] of stacked weights [E, n_in, n_out] and scales
@@ -526,8 +551,8 @@ extern "C" __global__ void int8_gemv_routed(
         const int* experts, int slot, float* partial, unsigned int* arrived, float* y,
         int n_out, int rows, int rows_per_scale) {
     size_t e = experts[slot], n_in = (size_t)rows * gridDim.y;
-    gemv(x, w + e * n_in * n_out, scales + e * (n_in / rows_per_scale) * n_out, partial,
-         arrived, y, n_out, rows, rows_per_scale);
+    gemv<1>(x, w + e * n_in * n_out, scales + e * (n_in / rows_per_scale) * n_out, partial,
+            arrived, y, n_out, rows, rows_per_scale);
 }
 """
 _gemv_kernels = {}
@@ -553,27 +578,37 @@ def gemv_fits(weight) -> bool:
 
 
 def int8_gemv(x, weight, scales, experts=None, slot: int = 0):
-    """One token on the GPU: x [1, in] float32 @ (weight [in, out] int8, scales [B, out] bf16
-    bits as uint16) -> [1, out] float32, reading each weight byte once (see above).
+    """A few tokens on the GPU: x [T, in] float32 @ (weight [in, out] int8, scales [B, out]
+    bf16 bits as uint16) -> [T, out] float32, reading each weight byte once per launch (see
+    above): one token by int8_gemv, more GEMV_TOKENS at a time by int8_gemv_tokens.
 
-    With ``experts`` (int32 [k] on the GPU), weight [E, in, out] and scales [E, B, out] are
-    stacked experts and the product is by expert ``experts[slot]``.
+    With ``experts`` (int32 [k] on the GPU; one token), weight [E, in, out] and scales
+    [E, B, out] are stacked experts and the product is by expert ``experts[slot]``.
     """
     import cupy
 
-    name = "int8_gemv" if experts is None else "int8_gemv_routed"
+    T = x.shape[0]
+    name = "int8_gemv_routed" if experts is not None else \
+        "int8_gemv" if T == 1 else "int8_gemv_tokens"
     if name not in _gemv_kernels:
         _gemv_kernels[name] = cupy.RawKernel(_GEMV_SOURCE, name)
     n_in, n_out = weight.shape[-2:]
+    tokens = 1 if T == 1 else GEMV_TOKENS
     grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[-2])
-    partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
-    y = cupy.empty((1, n_out), dtype=cupy.float32)
+    partial = cupy.empty((grid[1], tokens, n_out), dtype=cupy.float32)
     route = () if experts is None else (experts, cupy.int32(slot))
-    _gemv_kernels[name](grid, block, (
-        cupy.ascontiguousarray(x[0], dtype=cupy.float32), weight, cupy.ascontiguousarray(scales),
-        *route, partial, _tile_counters(cupy, grid[0]), y, cupy.int32(n_out), cupy.int32(rows),
-        cupy.int32(rows_per_scale)))
-    return y
+    x, scales = cupy.ascontiguousarray(x, dtype=cupy.float32), cupy.ascontiguousarray(scales)
+    out = []
+    for t0 in range(0, T, tokens):
+        xt = x[t0:t0 + tokens]
+        if len(xt) < tokens:                    # a prefill's last few tokens, padded with zeros
+            xt = cupy.concatenate([xt, cupy.zeros((tokens - len(xt), n_in), cupy.float32)])
+        y = cupy.empty((tokens, n_out), dtype=cupy.float32)
+        _gemv_kernels[name](grid, block, (
+            xt, weight, scales, *route, partial, _tile_counters(cupy, grid[0]), y,
+            cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale)))
+        out.append(y[:min(tokens, T - t0)])
+    return out[0] if len(out) == 1 else cupy.concatenate(out)
 
 
 def int8_matmul_gpu(x, weight, scales):

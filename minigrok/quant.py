@@ -86,9 +86,9 @@ def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
     CPU take the teaching path, ``x @ dequantize(qw)``; large ones go to fast.int8_matmul,
     which never holds the fp32 weight (the compiled kernel for a few tokens, else numpy
     widening a few rows at a time: ``chunk_rows``, ``threads``, see there; setting either
-    forces numpy). On a GPU one token goes through fast.int8_gemv, several through
-    fast.int8_matmul_gpu; a weight still on the host (a streamed layer) is copied over
-    first (stream.fetch).
+    forces numpy). On a GPU up to GEMV_MAX_TOKENS tokens go through the int8 kernels of
+    fast.int8_gemv, more through fast.int8_matmul_gpu; a weight still on the host (a
+    streamed layer) is copied over first (stream.fetch).
     """
     xp = array_module(x)
     n_in, n_out = qw.weight.shape
@@ -98,8 +98,8 @@ def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
     if xp is not np:
         if on_host(qw.weight):                                 # a layer streamed from the host
             qw = stream.fetch(qw)
-        if x.shape[0] == 1 and fast.gemv_fits(qw.weight):      # decoding: the int8 GEMV kernel
-            return fast.int8_gemv(x, qw.weight, qw.scales)
+        if x.shape[0] <= fast.GEMV_MAX_TOKENS and fast.gemv_fits(qw.weight):
+            return fast.int8_gemv(x, qw.weight, qw.scales)     # decoding, a short prefill
         return fast.int8_matmul_gpu(x, qw.weight, xp.asarray(qw.scales))
     if n_in * n_out <= fast.CHUNK_ELEMENTS and chunk_rows is None and threads is None:
         return x @ dequantize(qw)

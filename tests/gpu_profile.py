@@ -141,12 +141,12 @@ def gemvs(m, hbm):
 # into the low mantissa of 2^23 (a byte permute), and subtracting 2^23 + 128 leaves q
 # exactly, so the products and sums are the kernel's own, bit for bit.
 MAGIC_SOURCE = fast._GEMV_SOURCE.replace(
-    "for (int j = 0; j < COLUMNS; j++) acc[j] += xr * (float)q[j];",
+    "for (int j = 0; j < COLUMNS; j++) wf[j] = (float)q[j];",
     """for (int j = 0; j < COLUMNS; j++) {
                 unsigned int biased = reinterpret_cast<const unsigned int*>(&packed)[j / 4]
                                       ^ 0x80808080u;                 // each byte: q + 128
-                acc[j] += xr * (__uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + j % 4))
-                                - 8388736.0f);
+                wf[j] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + j % 4))
+                        - 8388736.0f;
             }""")
 assert MAGIC_SOURCE != fast._GEMV_SOURCE
 
@@ -229,9 +229,10 @@ def layer_step(m, hbm):
 
 
 def prefill_products(m, hbm):
-    """Several tokens through one expert's matrices: fast.int8_matmul_gpu (what a prefill
-    runs), the teaching x @ dequantize(W), and T one-token GEMVs (what a multi-token int8
-    kernel would beat)."""
+    """Several tokens through one expert's matrices: the int8 kernel GEMV_TOKENS tokens per
+    launch (fast.int8_gemv, a prefill's path up to GEMV_MAX_TOKENS), the int8 widened once
+    for cuBLAS (fast.int8_matmul_gpu, beyond), and the teaching x @ dequantize(W). Where the
+    first two cross is where GEMV_MAX_TOKENS belongs."""
     from minigrok import quant
 
     experts = m.params["layers"][0]["moe"]
@@ -239,13 +240,15 @@ def prefill_products(m, hbm):
         qw = expert_weight(experts[name], 0)
         for T in (4, 16, 64):
             x = cupy.random.standard_normal((T, qw.weight.shape[0]), dtype=cupy.float32)
-            fast_ms = event_ms(lambda: fast.int8_matmul_gpu(x, qw.weight, qw.scales), 10)
+            tokens_ms = event_ms(lambda: fast.int8_gemv(x, qw.weight, qw.scales), 10)
+            cublas_ms = event_ms(lambda: fast.int8_matmul_gpu(x, qw.weight, qw.scales), 10)
             teaching_ms = event_ms(lambda: x @ quant.dequantize(qw), 10)
-            gemvs_ms = event_ms(lambda: [fast.int8_gemv(x[t:t + 1], qw.weight, qw.scales)
-                                         for t in range(T)], 10)
             emit(what="prefill_product", matrix=name, shape=list(qw.weight.shape), tokens=T,
-                 ms=fast_ms, teaching_ms=teaching_ms, gemv_per_token_ms=gemvs_ms,
-                 read_floor_ms=qw.weight.nbytes / hbm / 1e6)
+                 int8_kernel_ms=tokens_ms, cublas_ms=cublas_ms, teaching_ms=teaching_ms,
+                 read_floor_ms=qw.weight.nbytes / hbm / 1e6,
+                 equal=bool(cupy.allclose(fast.int8_gemv(x, qw.weight, qw.scales),
+                                          fast.int8_matmul_gpu(x, qw.weight, qw.scales),
+                                          rtol=1e-4, atol=1e-3)))
 
 
 def host_copies(m):

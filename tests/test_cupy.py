@@ -59,14 +59,16 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
     got = fast.int8_gemv(cupy.asarray(x), cupy.asarray(w), cupy.asarray(scales)).get()
     assert got.shape == (1, n_out) and got.dtype == np.float32
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30)
-    # quant.matmul takes the kernel for one token, fast.int8_matmul_gpu for several
+    # quant.matmul takes the kernel for one token, int8_gemv_tokens for a few (the last block
+    # padded), fast.int8_matmul_gpu for many
     qw = quant.QuantizedWeight8bit(cupy.asarray(w), cupy.asarray(scales))
     assert np.array_equal(quant.matmul(cupy.asarray(x), qw).get(), got)
-    xs = np.concatenate([x, rng.standard_normal((2, n_in)).astype(np.float32) * 100])
-    many = quant.matmul(cupy.asarray(xs), qw).get()
-    assert many.shape == (3, n_out) and many.dtype == np.float32
-    assert np.all(np.abs(many - xs.astype(np.float64) @ dense)
-                  <= 1e-5 * (np.abs(xs).astype(np.float64) @ np.abs(dense)) + 1e-30)
+    for T in (fast.GEMV_TOKENS + 3, fast.GEMV_MAX_TOKENS + 1):
+        xs = np.concatenate([x, rng.standard_normal((T - 1, n_in)).astype(np.float32) * 100])
+        many = quant.matmul(cupy.asarray(xs), qw).get()
+        assert many.shape == (T, n_out) and many.dtype == np.float32
+        assert np.all(np.abs(many - xs.astype(np.float64) @ dense)
+                      <= 1e-5 * (np.abs(xs).astype(np.float64) @ np.abs(dense)) + 1e-30), T
     # the same weight as expert 2 of 3 stacked ones, its index read on the GPU
     stacked_w = np.stack([rng.integers(-127, 128, w.shape, dtype=np.int8), w[::-1], w])
     stacked_s = np.stack([scales[::-1], scales[::-1], scales])

@@ -44,23 +44,26 @@ def emulator(tmp_path_factory):
 # the sizes stay small.
 @settings(max_examples=12, deadline=None)
 @given(blocks=st.sampled_from([1, 8]), rows=st.sampled_from([1, 3, 12, 40, 64, 256, 320]),
-       n_out=st.integers(1, 70).map(lambda k: 16 * k), seed=st.integers(0, 2**32 - 1))
+       n_out=st.integers(1, 70).map(lambda k: 16 * k),
+       tokens=st.sampled_from([1, fast.GEMV_TOKENS]), seed=st.integers(0, 2**32 - 1))
 def test_kernel_source_computes_x_times_dequantized_weight(emulator, tmp_path_factory, blocks,
-                                                           rows, n_out, seed):
+                                                           rows, n_out, tokens, seed):
+    # tokens: int8_gemv (1) or int8_gemv_tokens (GEMV_TOKENS, each token's own x)
     rng = np.random.default_rng(seed)
     n_in = blocks * rows
-    x = rng.standard_normal(n_in).astype(np.float32)
+    x = rng.standard_normal((tokens, n_in)).astype(np.float32)
     w = rng.integers(-127, 128, (n_in, n_out), dtype=np.int8)
     scales = quant.f32_to_bf16(rng.uniform(-2, 2, (blocks, n_out)).astype(np.float32))
     grid, block, rows_per_block, rows_per_scale = fast.gemv_launch(n_in, n_out, blocks)
     io = tmp_path_factory.mktemp("io")
     (io / "in").write_bytes(x.tobytes() + w.tobytes() + scales.tobytes())
     r = subprocess.run([str(emulator), *map(str, (*grid, *block, n_in, n_out, rows_per_block,
-                                                   rows_per_scale)), io / "in", io / "out"],
+                                                   rows_per_scale, tokens)), io / "in", io / "out"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = np.fromfile(io / "out", dtype=np.float32)
-    got, arrived = out[:n_out].astype(np.float64), out[n_out:].view(np.uint32)
+    got = out[:tokens * n_out].reshape(tokens, n_out).astype(np.float64)
+    arrived = out[tokens * n_out:].view(np.uint32)
     assert arrived.shape == (grid[0],) and not arrived.any()      # ready for the next launch
     dense = (w.astype(np.float64).reshape(blocks, rows, n_out)
              * quant.bf16_to_f32(scales).astype(np.float64)[:, None, :]).reshape(n_in, n_out)

@@ -3,10 +3,11 @@
 // other. It checks the kernel's indexing, tiling and shared-memory reduction where there is
 // no GPU; speed and the GPU's own behaviour are tests/test_cupy.py's job.
 //
-//   emulate_cuda GRID_X GRID_Y BLOCK_X BLOCK_Y N_IN N_OUT ROWS ROWS_PER_SCALE IN OUT
+//   emulate_cuda GRID_X GRID_Y BLOCK_X BLOCK_Y N_IN N_OUT ROWS ROWS_PER_SCALE TOKENS IN OUT
 //
-// IN holds x (float32 [N_IN]), then w (int8 [N_IN, N_OUT]), then the scales (bf16 bits,
-// uint16 [N_IN / ROWS_PER_SCALE, N_OUT]); OUT receives y (float32 [N_OUT]), then the arrival
+// TOKENS is 1 (the kernel int8_gemv) or GEMV_TOKENS (int8_gemv_tokens). IN holds x (float32
+// [TOKENS, N_IN]), then w (int8 [N_IN, N_OUT]), then the scales (bf16 bits, uint16
+// [N_IN / ROWS_PER_SCALE, N_OUT]); OUT receives y (float32 [TOKENS, N_OUT]), then the arrival
 // counters (uint32 [GRID_X], which the kernel must leave as the zeros it was given).
 #include <barrier>
 #include <cstdio>
@@ -42,18 +43,21 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic
 #include "kernel.cu"
 
 int main(int argc, char** argv) {
-    if (argc != 11) { std::fprintf(stderr, "usage: see the top of emulate_cuda.cpp\n"); return 2; }
+    if (argc != 12) { std::fprintf(stderr, "usage: see the top of emulate_cuda.cpp\n"); return 2; }
     int gx = std::atoi(argv[1]), gy = std::atoi(argv[2]), bx = std::atoi(argv[3]),
         by = std::atoi(argv[4]), n_in = std::atoi(argv[5]), n_out = std::atoi(argv[6]),
-        rows = std::atoi(argv[7]), rows_per_scale = std::atoi(argv[8]);
+        rows = std::atoi(argv[7]), rows_per_scale = std::atoi(argv[8]),
+        tokens = std::atoi(argv[9]);
+    if (tokens != 1 && tokens != GEMV_TOKENS) { std::fprintf(stderr, "bad TOKENS\n"); return 2; }
     gridDim.x = gx; gridDim.y = gy; gridDim.z = 1;
     size_t nw = (size_t)n_in * n_out, ns = (size_t)(n_in / rows_per_scale) * n_out;
-    std::vector<float> x(n_in), partial((size_t)gy * n_out), y(n_out, -1.0f);
+    std::vector<float> x((size_t)tokens * n_in), partial((size_t)gy * tokens * n_out),
+        y((size_t)tokens * n_out, -1.0f);
     std::vector<unsigned int> arrived(gx, 0);
     signed char* w = static_cast<signed char*>(std::aligned_alloc(16, (nw + 15) / 16 * 16));
     std::vector<unsigned short> scales(ns);
-    FILE* in = std::fopen(argv[9], "rb");
-    if (!in || std::fread(x.data(), 4, n_in, in) != (size_t)n_in || std::fread(w, 1, nw, in) != nw
+    FILE* in = std::fopen(argv[10], "rb");
+    if (!in || std::fread(x.data(), 4, x.size(), in) != x.size() || std::fread(w, 1, nw, in) != nw
         || std::fread(scales.data(), 2, ns, in) != ns) { std::fprintf(stderr, "bad input\n"); return 2; }
     std::fclose(in);
     for (int j = 0; j < gy; j++) {
@@ -66,13 +70,14 @@ int main(int argc, char** argv) {
                 for (int tx = 0; tx < bx; tx++)
                     threads.emplace_back([&, tx, ty] {
                         threadIdx.x = tx; threadIdx.y = ty;
-                        int8_gemv(x.data(), w, scales.data(), partial.data(), arrived.data(), y.data(),
-                                  n_out, rows, rows_per_scale);
+                        (tokens == 1 ? int8_gemv : int8_gemv_tokens)(
+                            x.data(), w, scales.data(), partial.data(), arrived.data(), y.data(),
+                            n_out, rows, rows_per_scale);
                     });
             for (auto& t : threads) t.join();
         }
     }
-    FILE* out = std::fopen(argv[10], "wb");
+    FILE* out = std::fopen(argv[11], "wb");
     std::fwrite(y.data(), 4, y.size(), out);
     std::fwrite(arrived.data(), 4, arrived.size(), out);
     std::fclose(out);

@@ -8,6 +8,7 @@ real GPU. RawKernel runs the int8 GEMV's block decomposition, and the decode ker
 formulas, in numpy.
 """
 
+import re
 import sys
 import time
 import types
@@ -190,7 +191,7 @@ class Event:
         pass
 
 
-_GEMV_KERNELS = ("int8_gemv", "int8_gemv_routed")
+_GEMV_KERNELS = ("int8_gemv", "int8_gemv_routed", "int8_gemv_tokens")
 
 
 class RawKernel:
@@ -200,6 +201,9 @@ class RawKernel:
     def __init__(self, source, name, options=()):
         assert "__global__" in source and f" {name}(" in source
         self.name = name
+        # int8_gemv_tokens takes as many tokens as the source says it does
+        self.tokens = int(re.search(r"#define GEMV_TOKENS (\d+)", source)[1]) \
+            if name == "int8_gemv_tokens" else 1
         if name not in _GEMV_KERNELS:
             assert "--fmad=false" in options
             self.decode = getattr(_DecodeKernels, name)
@@ -217,16 +221,18 @@ class RawKernel:
             w, s, args = w[e], s[e], args[:3] + args[5:]
         partial, arrived, y = (numpy.asarray(a) for a in args[3:6])
         n_out, rows, rows_per_scale = (int(a) for a in args[6:])
+        tokens = self.tokens
         assert block == (32, 8) and grid[0] * 512 >= n_out > (grid[0] - 1) * 512
-        assert grid[1] * rows == w.shape[0] and x.shape == (w.shape[0],)
-        assert arrived.size >= grid[0] and not arrived.any() and y.shape == (1, n_out)
+        assert grid[1] * rows == w.shape[0] and x.shape == (tokens, w.shape[0])
+        assert x.flags.c_contiguous and partial.shape == (grid[1], tokens, n_out)
+        assert arrived.size >= grid[0] and not arrived.any() and y.shape == (tokens, n_out)
         scale = (s.astype(numpy.uint32) << 16).view(numpy.float32)
         for b in range(grid[1]):
             r0 = b * rows
             assert r0 // rows_per_scale == (r0 + rows - 1) // rows_per_scale
-            partial[b] = (x[r0:r0 + rows] @ w[r0:r0 + rows].astype(numpy.float32)
+            partial[b] = (x[:, r0:r0 + rows] @ w[r0:r0 + rows].astype(numpy.float32)
                           ) * scale[r0 // rows_per_scale]
-        y[0] = partial.sum(axis=0)
+        y[...] = partial.sum(axis=0)
 
 
 class _DecodeKernels:

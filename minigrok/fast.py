@@ -321,11 +321,13 @@ void int8_matmul(const float *x, const int8_t *w, const float *scales, float *y,
 }
 """
 
-# Tokens per call of the compiled kernel. Each 8 weights are widened once for all of them, but
-# from 8 tokens on, numpy's chunks and BLAS's matrix product were faster (measured here on a
-# 6144 x 32768 matrix, 2 threads: 1 token 30 ms against 36; 2 tokens 31 / 61; 4 tokens 41-51 /
-# 48-61; 8 tokens 107-116 / 90-100).
-NATIVE_TOKENS = 4
+# Tokens per call of the compiled kernel; more tokens go to numpy's chunks and BLAS. Each 8
+# weights are widened once for all the tokens, but every token adds its multiply-adds, and
+# BLAS's matrix product does those better. Measured here (2 threads, ms, compiled / numpy):
+# 6144 x 32768: 1 token 13-15 / 32-37, 4 tokens 31 / 58-60, 8 tokens 63-89 / 86-113,
+# 12 tokens 103-133 / 156-180; 32768 x 6144 (8 scale blocks): 8 tokens 58-79 / 61-102,
+# 12 tokens 100-104 / 81-93.
+NATIVE_TOKENS = 8
 _native = {}            # portable (bool) -> the ctypes function, or None: built, or not
 
 

@@ -135,7 +135,7 @@ def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_ou
 
 
 def test_native_matmul_across_column_tiles_and_scale_blocks():
-    # wider than a tile (8192 columns for one token, 2048 for four), 8 scale blocks of 5 rows
+    # wider than a tile (8192 columns for one token, 1024 for eight), 8 scale blocks of 5 rows
     for T in (1, fast.NATIVE_TOKENS):
         x, w, s, ref, bound = int8_problem(np.random.default_rng(7), 8 * 5, 8192 * 2 + 37, 8, T)
         for name, kernel in kernels():

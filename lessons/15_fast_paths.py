@@ -139,13 +139,14 @@ C.measured(f"numpy path, {threads} threads, BLAS held to one", f"{rates[NUMPY] /
 # spanning two scale blocks. Each block writes one partial row, already multiplied by its
 # scale block's scales; the last block of a column tile to finish adds the tile's partial
 # rows (its 8 row lanes take every 8th partial row, then the lanes are added in order), so
-# one launch gives y and the sum is the same on every run. Here is the same decomposition
+# one launch gives y and the sum is the same on every run. (A prefill's few tokens take the
+# same source compiled for 4 tokens, `int8_gemv_tokens`: each thread keeps 4 x 16 sums and
+# widens each weight once for all four.) Here is the same decomposition
 # in numpy, so you can check the arithmetic without a GPU (the kernel's source is
 # `fast._GEMV_SOURCE`).
 
 # %%
 grid, block, rows, rows_per_scale = fast.gemv_launch(n_in, n_out, qw.scales.shape[0])
-scales = quant.bf16_to_f32(qw.scales)
 partial = np.stack([(x[0, r:r + rows] @ qw.weight[r:r + rows].astype(np.float32))
                     * scales[r // rows_per_scale] for r in range(0, n_in, rows)])
 lanes = [partial[lane::fast.GEMV_LANES].sum(axis=0) for lane in range(fast.GEMV_LANES)]

@@ -200,7 +200,7 @@ def matmul_transposed(h, matrix, threads: int | None = None):
     return out
 
 
-# -- CPU: the compiled int8 GEMV ---------------------------------------------------------------
+# -- CPU: the compiled int8 kernel -------------------------------------------------------------
 #
 # numpy's int8 -> float32 copy is the ceiling of the path above: ~6 GB/s of int8 per core here
 # (`widen_gb_s`), a quarter of what the memory delivers. Widening in registers, where the
@@ -211,9 +211,9 @@ def matmul_transposed(h, matrix, threads: int | None = None):
 #
 #   * y[c] = sum over scale blocks b of (sum over the block's rows r of x[r] * w[r, c]) * s[b, c],
 #     the same sum as x @ (q * s), with the scale applied once per block as in the numpy path;
-#   * 8192 columns at a time: their partial sums (32 KB) stay in the first-level cache while
-#     four weight rows stream past them; measured on this 2-core EPYC, 2048 columns gave
-#     7.5 GB/s on two threads, 8192 gave 12-14;
+#   * 8192 columns at a time for one token (8192 / T for T tokens): their partial sums (32 KB)
+#     stay in the first-level cache while four weight rows stream past them; measured on this
+#     2-core EPYC with one token, 2048 columns gave 7.5 GB/s on two threads, 8192 gave 12-14;
 #   * the widening is written once in plain C, which compilers vectorise, and once with AVX2
 #     intrinsics: one 8-byte load per 8 weights, and the next rows fetched ahead (~30% faster
 #     than the plain C on one thread here, ~15% on two); both add each row's product in the
@@ -316,7 +316,8 @@ void int8_matmul(const float *x, const int8_t *w, const float *scales, float *y,
             for (int64_t t = 0; t < T; t++)
                 for (int64_t j = 0; j < n; j++) total[t * n + j] += part[t * n + j] * s[j];
         }
-        for (int64_t t = 0; t < T; t++) memcpy(y + t * n_out + j0, total + t * n, n * sizeof(float));
+        for (int64_t t = 0; t < T; t++)
+            memcpy(y + t * n_out + j0, total + t * n, n * sizeof(float));
     }
 }
 """
@@ -381,7 +382,7 @@ def _build_native(portable: bool):
 
 
 def native_kernel(portable: bool = False):
-    """The compiled int8 GEMV (a ctypes function), or None: MINIGROK_NATIVE=0, or no compiler.
+    """The compiled int8 product (a ctypes function), or None: MINIGROK_NATIVE=0, or no compiler.
 
     ``portable`` builds the plain-C loop even where AVX2 is there (the tests check both).
     """
@@ -399,6 +400,9 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
     threads, NATIVE_TOKENS tokens at a time. The weight must be C-contiguous (a checkpoint's
     are): it is read where it lies."""
     kernel = kernel or native_kernel()
+    if kernel is None:
+        raise RuntimeError("native_matmul: no compiled kernel (MINIGROK_NATIVE=0, or no C "
+                           "compiler): use int8_matmul, which falls back to numpy")
     n_in, n_out = weight.shape
     if not weight.flags.c_contiguous or weight.dtype != np.int8:
         raise ValueError(f"native_matmul: weight must be C-contiguous int8, got {weight.dtype}")

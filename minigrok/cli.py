@@ -145,8 +145,9 @@ def cmd_bench(args):
         print(f"gpu             {r['resident_layers']} layers resident, {r['streamed_layers']} "
               f"streamed from the host, {r['gpu_pool_mb']:.0f} MB in CuPy's pool")
     if "int8_gemv_gb_s" in r:
-        print(f"int8 kernel     {r['int8_gemv_gb_s']:.0f} GB/s (dequantise then matmul: "
-              f"{r['dequant_matmul_gb_s']:.0f} GB/s): efficiency {r['kernel_efficiency']:.2f}")
+        print(f"int8 kernel     {r['int8_gemv_gb_s']:.3g} GB/s on a 6144 x 32768 matrix "
+              f"(dequantise then matmul: {r['dequant_matmul_gb_s']:.3g} GB/s): "
+              f"efficiency {r['kernel_efficiency']:.2f}")
     if "bandwidth_efficiency" in r:
         print(f"per layer       {r['layer_decode_s']:.3f} s per token for {r['layer_gb']:.3f} GB int8: "
               f"bandwidth efficiency {r['bandwidth_efficiency']:.2f}")

@@ -72,13 +72,15 @@ def test_bench_json_holds_the_promised_figures(small_dir, env):
     b = json.loads(line)
     for key in ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "peak_anon_mb",
                 "weight_gb_per_token", "gemv_gb_s", "widen_gb_s", "layer_decode_s",
-                "bandwidth_efficiency"):
+                "bandwidth_efficiency", "int8_gemv_gb_s", "dequant_matmul_gb_s",
+                "kernel_efficiency"):
         assert isinstance(b[key], (int, float)), key
     assert b["num_layers"] == 3 and b["prompt_len"] == 3 and b["new_tokens"] == 4
     assert min(b["load_s"], b["prefill_tok_s"], b["decode_tok_s"], b["gemv_gb_s"],
                b["widen_gb_s"]) > 0
     assert 0 < b["peak_anon_mb"] <= b["peak_rss_mb"]
     assert b["cpu_kernel"] == ("native" if fast.native_kernel() else "numpy")
+    assert b["kernel_efficiency"] == pytest.approx(b["int8_gemv_gb_s"] / b["gemv_gb_s"], rel=3e-3)
     # The efficiency is the floor (one layer's int8 bytes at the GEMV bandwidth) over the
     # measured layer time, as the README defines it.
     floor = b["layer_gb"] / b["gemv_gb_s"]

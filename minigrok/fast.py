@@ -330,6 +330,7 @@ void int8_matmul(const float *x, const int8_t *w, const float *scales, float *y,
 # 12 tokens 100-104 / 81-93.
 NATIVE_TOKENS = 8
 _native = {}            # portable (bool) -> the ctypes function, or None: built, or not
+_native_lock = threading.Lock()
 
 
 def _cpu_id() -> str:
@@ -388,7 +389,7 @@ def native_kernel(portable: bool = False):
     """
     if os.environ.get("MINIGROK_NATIVE", "1") == "0":
         return None
-    with _pool_lock:
+    with _native_lock:
         if portable not in _native:
             _native[portable] = _build_native(portable)
     return _native[portable]

@@ -231,20 +231,23 @@ def layer_step(m, hbm):
 def prefill_products(m, hbm):
     """Several tokens through one expert's matrices: the int8 kernel GEMV_TOKENS tokens per
     launch (fast.int8_gemv, a prefill's path up to GEMV_MAX_TOKENS), the int8 widened once
-    for cuBLAS (fast.int8_matmul_gpu, beyond), and the teaching x @ dequantize(W). Where the
-    first two cross is where GEMV_MAX_TOKENS belongs."""
+    for cuBLAS on the tensor cores with x in three TF32 parts (fast.int8_matmul_gpu, beyond),
+    the same product in plain float32 (what the TF32 split must beat), and the teaching
+    x @ dequantize(W). Where the first two cross is where GEMV_MAX_TOKENS belongs."""
     from minigrok import quant
 
     experts = m.params["layers"][0]["moe"]
     for name in ("linear", "linear_1"):
         qw = expert_weight(experts[name], 0)
-        for T in (4, 16, 64):
+        for T in (4, 16, 64, 256):
             x = cupy.random.standard_normal((T, qw.weight.shape[0]), dtype=cupy.float32)
             tokens_ms = event_ms(lambda: fast.int8_gemv(x, qw.weight, qw.scales), 10)
             cublas_ms = event_ms(lambda: fast.int8_matmul_gpu(x, qw.weight, qw.scales), 10)
             teaching_ms = event_ms(lambda: x @ quant.dequantize(qw), 10)
+            float32_ms = event_ms(lambda: x @ qw.weight.astype(cupy.float32), 10)
             emit(what="prefill_product", matrix=name, shape=list(qw.weight.shape), tokens=T,
-                 int8_kernel_ms=tokens_ms, cublas_ms=cublas_ms, teaching_ms=teaching_ms,
+                 int8_kernel_ms=tokens_ms, tf32x3_ms=cublas_ms, float32_ms=float32_ms,
+                 teaching_ms=teaching_ms,
                  read_floor_ms=qw.weight.nbytes / hbm / 1e6,
                  equal=bool(cupy.allclose(fast.int8_gemv(x, qw.weight, qw.scales),
                                           fast.int8_matmul_gpu(x, qw.weight, qw.scales),

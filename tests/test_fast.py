@@ -194,3 +194,37 @@ def test_native_matmul_refuses_a_weight_it_would_have_to_copy():
     w = np.zeros((8, 16), dtype=np.int8)
     with pytest.raises(ValueError, match="C-contiguous int8"):
         fast.native_matmul(np.ones((1, 8), np.float32), w.T.copy().T, np.ones((1, 16)), kernel)
+
+
+# -- the GPU's TF32 split, checked with numpy ---------------------------------------------------
+
+# Finite values from 2^-100 (their last part is still a normal float32) to 2^120 (times 127
+# still finite), zeros, and infinities.
+float32_values = st.one_of(
+    st.floats(2.0**-100, 2.0**120, width=32), st.floats(-2.0**120, -2.0**-100, width=32),
+    st.sampled_from([0.0, -0.0, 1.0, -3.0e38 / 2**9, np.inf, -np.inf]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(float32_values, min_size=1, max_size=30))
+def test_tf32_parts_are_exact_and_add_up_to_x(values):
+    x = np.array(values, np.float32)[None]
+    hi, mid, lo = fast.tf32_parts(x)
+    for part in (hi, mid, lo):                    # TF32: the low 13 mantissa bits are zero
+        assert not np.any(part.view(np.uint32) & 0x1FFF)
+    finite = np.isfinite(x)
+    # the parts add up to x exactly (in float64, and in float32 from the small end)
+    np.testing.assert_array_equal((hi.astype(np.float64) + mid + lo)[finite], x[finite])
+    np.testing.assert_array_equal(((lo + mid) + hi)[finite], x[finite])
+    # an int8 times each part is exact in float32: the tensor cores' products lose nothing
+    for part in (hi, mid, lo):
+        np.testing.assert_array_equal((part[finite] * np.float32(-127)).astype(np.float64),
+                                      part[finite].astype(np.float64) * -127)
+    nonfinite = ~finite                           # inf and nan stay whole in hi
+    np.testing.assert_array_equal(hi[nonfinite], x[nonfinite])
+    assert not np.any(mid[nonfinite]) and not np.any(lo[nonfinite])
+
+
+def test_tf32_parts_keep_nan():
+    hi, mid, lo = fast.tf32_parts(np.array([[np.nan, 1.5]], np.float32))
+    assert np.isnan(hi[0, 0]) and mid[0, 0] == 0 and lo[0, 0] == 0 and hi[0, 1] == 1.5

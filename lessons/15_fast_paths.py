@@ -116,7 +116,7 @@ C.save_figure(fig, "int8_throughput")
 # at ~6 GB/s of int8: efficiency ~0.25.) The compiled kernel never writes the float32
 # copy: each 8 weights go from memory to a register, are widened there (two AVX2
 # instructions) and multiplied at once; on the same machine it reads a layer at 11-14 GB/s
-# (efficiency ~0.55). Read `add_rows` in `fast._NATIVE_SOURCE`: the plain-C loop under the
+# (efficiency 0.4-0.65, median ~0.5). Read `add_rows` in `fast._NATIVE_SOURCE`: the plain-C loop under the
 # AVX2 one is the same arithmetic, for CPUs without AVX2.
 #
 # ## Why BLAS is held to one thread

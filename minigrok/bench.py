@@ -111,25 +111,26 @@ def int8_kernel_bandwidth(xp, shape=(6144, 32768), repeats: int = 20) -> dict:
     w = xp.asarray(rng.integers(-127, 128, shape, dtype=np.int8))
     qw = quant.QuantizedWeight8bit(w, xp.full((1, shape[1]), 0x3C00, dtype=xp.uint16))
     x = xp.asarray(rng.standard_normal((1, shape[0]), dtype=np.float32))
+
+    def seconds(fn):                     # on a GPU, between two events on its stream
+        if xp is np:
+            t = time.perf_counter()
+            fn()
+            return time.perf_counter() - t
+        start, end = xp.cuda.Event(), xp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return xp.cuda.get_elapsed_time(start, end) / 1e3
+
+    # (the teaching path takes ~1 s a try on a CPU: one try after the warm-up there)
     out = {}
     for name, fn, n in (("int8_gemv_gb_s", lambda: quant.matmul(x, qw), repeats),
                         ("dequant_matmul_gb_s", lambda: x @ quant.dequantize(qw),
                          repeats if xp is not np else 1)):
         fn()
-        best = float("inf")
-        for _ in range(n):
-            if xp is np:
-                t = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t)
-                continue
-            start, end = xp.cuda.Event(), xp.cuda.Event()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            best = min(best, xp.cuda.get_elapsed_time(start, end) / 1e3)
-        out[name] = w.nbytes / best / 1e9
+        out[name] = w.nbytes / min(seconds(fn) for _ in range(n)) / 1e9
     return out
 
 

@@ -668,9 +668,11 @@ def int8_matmul_gpu(x, weight, scales):
     product afterwards, (x_b q_b) s_b, as on the CPU. Against the teaching
     ``x @ dequantize(W)`` this also skips a full float32 pass over the weight.
     """
+    from .quant import bf16_to_f32      # (it imports this module)
+
     cupy = array_module(x)
     T, (n_in, n_out), blocks = x.shape[0], weight.shape, scales.shape[0]
-    s = (scales.astype(cupy.uint32) << 16).view(cupy.float32)            # [B, out]
+    s = bf16_to_f32(scales)                                              # [B, out]
     w = weight.astype(cupy.float32)                                      # [in, out]
     rows = n_in // blocks
     xs = tf32_parts(x).reshape(3 * T, blocks, rows).transpose(1, 0, 2)   # [B, 3T, rows]

@@ -18,8 +18,9 @@
 #   $x_b (q_b s_b) = (x_b q_b) s_b$.
 # * **CPU, compiled** (`fast.native_matmul`): the same sums in ~100 lines of C
 #   (`fast._NATIVE_SOURCE`, built on first use with the system's C compiler), which widens
-#   8 int8 at a time in registers right where it multiplies them; the columns are split
-#   between threads. One to eight tokens take it where a compiler exists.
+#   8 int8 at a time in registers right where it multiplies them, one scale block per
+#   call; the blocks (or, for one block, the columns) are split between threads. One to
+#   eight tokens take it where a compiler exists.
 # * **GPU** (`fast.int8_gemv`): one thread owns 16 output columns, reads their 16 int8 of a
 #   row as a single 16-byte load, and multiplies as it reads; 8 row lanes per block add up
 #   in shared memory; each block's row range stays inside one scale block; the last block

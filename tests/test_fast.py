@@ -128,20 +128,25 @@ def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_ou
         out = fast.native_matmul(x, w, s, kernel, threads=threads)
         assert out.shape == (T, n_out) and out.dtype == np.float32, name
         assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), name
-        # a thread owns whole columns, and a token's sums do not involve the other tokens:
-        # neither the number of threads nor the batch changes a single bit
+        # a thread owns whole scale blocks or columns, and a token's sums do not involve the
+        # other tokens: neither the number of threads nor the batch changes a single bit
         np.testing.assert_array_equal(out, fast.native_matmul(x, w, s, kernel, threads=1))
         np.testing.assert_array_equal(out[-1:], fast.native_matmul(x[-1:], w, s, kernel))
 
 
 def test_native_matmul_across_column_tiles_and_scale_blocks():
-    # wider than a tile (8192 columns for one token, 1024 for eight), 8 scale blocks of 5 rows
+    # wider than a tile (16384 columns for one token, 2048 for eight), split into columns (one
+    # scale block) or into blocks (8 of 5 rows) and columns (3 blocks, 4 threads)
     for T in (1, fast.NATIVE_TOKENS):
-        x, w, s, ref, bound = int8_problem(np.random.default_rng(7), 8 * 5, 8192 * 2 + 37, 8, T)
-        for name, kernel in kernels():
-            for threads in (1, 2, 3):
-                out = fast.native_matmul(x, w, s, kernel, threads=threads)
-                assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), (name, T, threads)
+        for blocks, per_block in ((1, 40), (8, 5), (3, 7)):
+            x, w, s, ref, bound = int8_problem(np.random.default_rng(7), blocks * per_block,
+                                               16384 + 37, blocks, T)
+            for name, kernel in kernels():
+                one = fast.native_matmul(x, w, s, kernel, threads=1)
+                assert np.all(np.abs(one - ref) <= 1e-5 * bound + 1e-30), (name, T, blocks)
+                for threads in (2, 3, 4):
+                    np.testing.assert_array_equal(
+                        fast.native_matmul(x, w, s, kernel, threads=threads), one)
 
 
 def test_native_matmul_takes_a_few_tokens_and_minigrok_native_0_turns_it_off(monkeypatch):

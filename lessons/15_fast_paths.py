@@ -223,5 +223,7 @@ for gpus, free, name in ((1, 79, "1 x H100 80 GB"), (4, 79, "4 x H100 80 GB"),
 # - Change `fast.CHUNK_ELEMENTS` to `1 << 16` and `1 << 23`: why do both get slower?
 # - `fast.native_kernel(portable=True)` builds the kernel without its AVX2 loop: put it in
 #   the race. Then run `bench` with `MINIGROK_NATIVE=0`, and compare `layer_decode_s`.
+# - Exercise: write the numpy path yourself, within a memory limit:
+#   `python -m minigrok exercises check int8_matmul` (stub in `lessons/exercises/`).
 # - On a GPU: `python -m minigrok bench --checkpoint DIR --device cuda --gpu-memory 8`
 #   streams every layer; compare its tokens/s with the estimate above.

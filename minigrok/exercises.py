@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import attention, moe, quant, rmsnorm, rope, sampling
+from . import attention, fast, moe, quant, rmsnorm, rope, sampling
 from .errors import MinigrokError
 
 # The stubs ship in the repository beside the package, not inside it.
@@ -115,9 +115,10 @@ def _args(ex: Exercise, case: dict) -> list:
             for a in ex.args]
 
 
-def _call(ex: Exercise, fn, case: dict):
-    """The student's results for ``case``, as a list of arrays (one per output)."""
-    args = _args(ex, case)
+def _call(ex: Exercise, fn, case: dict, args=None):
+    """The student's results for ``case`` (called with ``args``, else copies of the case's
+    arrays), as a list of arrays (one per output)."""
+    args = _args(ex, case) if args is None else args
     try:
         out = fn(*args)
     except NotImplementedError:
@@ -223,10 +224,8 @@ def _same_as(ex: Exercise, got, other) -> bool:
     return True
 
 
-def _diagnose(ex: Exercise, fn, case) -> list[str]:
-    """Hints for each known mistake whose output equals the student's on ``case``."""
-    if case is None:
-        return []
+def _matching(ex: Exercise, fn, mistakes, case) -> list:
+    """The mistakes whose output equals the student's on ``case`` (and differs from minigrok's)."""
     run = ex.run or (lambda ex, f, case: _call(ex, f, case))
     try:
         with np.errstate(all="ignore"):
@@ -234,16 +233,31 @@ def _diagnose(ex: Exercise, fn, case) -> list[str]:
             want = run(ex, ex.reference, case)
     except Failed:
         return []
-    hints = []
-    for m in ex.mistakes:
+    found = []
+    for m in mistakes:
         try:
             with np.errstate(all="ignore"):
                 wrong = run(ex, m.fn, case)
         except Exception:
             continue
         if _same_as(ex, got, wrong) and not _same_as(ex, wrong, want):
-            hints.append(m.hint)
-    return hints
+            found.append(m)
+    return found
+
+
+def _diagnose(ex: Exercise, fn, case) -> list[str]:
+    """Hints for the known mistakes whose output equals the student's on ``case``.
+
+    A shrunk case is so small that different mistakes can give the same numbers there (a
+    GELU on x @ v and a GELU on the product agree when x @ w = 1); then the fixed example,
+    where they differ, decides between them.
+    """
+    if case is None:
+        return []
+    found = _matching(ex, fn, ex.mistakes, case)
+    if len(found) > 1:
+        found = _matching(ex, fn, found, ex.example()) or found
+    return [m.hint for m in found]
 
 
 # ------------------------------------------------------------------ 1. rmsnorm
@@ -297,6 +311,16 @@ def _rmsnorm_unit_rms(ex, fn, case):
     if not np.allclose(rms, 1.0, atol=1e-3):
         raise Failed([f"with scale = 1 every row of the output should have rms 1, got rms "
                       f"{_fmt_array(rms)}"], {"x": x, "scale": ones}, [y])
+
+
+def _rmsnorm_quiet_rows(ex, fn, case):
+    # Rows 1000x smaller: a mean square of ~1e-6 against eps = 1e-5, so where eps sits
+    # decides the answer (inside the root it keeps a near-zero row small).
+    quiet = {"x": case["x"] * np.float32(1e-3), "scale": case["scale"]}
+    y = _call(ex, fn, quiet)[0]
+    want = ex.reference(quiet["x"], quiet["scale"])
+    _close("rms_norm(x / 1000)", y, want, ex.rtol, ex.atol * 1e-3, quiet,
+           ["rows whose mean square is near eps must agree too"])
 
 
 def _rms_one_plus(x, scale, eps=1e-5):
@@ -627,7 +651,7 @@ def _softmax64(z):
     return e / e.sum(-1, keepdims=True)
 
 
-def _route_variant(x, router, k, renorm=False, high_ties=False, topk_softmax=False):
+def _route_variant(x, router, k, renorm=False, high_ties=False):
     logits = x.astype(np.float32) @ router.astype(np.float32)
     probs = _softmax64(logits.astype(np.float64)).astype(np.float32)
     if high_ties:
@@ -635,8 +659,6 @@ def _route_variant(x, router, k, renorm=False, high_ties=False, topk_softmax=Fal
     else:
         ids = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     gates = np.take_along_axis(probs, ids, -1)
-    if topk_softmax:
-        gates = _softmax64(np.take_along_axis(logits, ids, -1).astype(np.float64))
     if renorm:
         gates = gates / gates.sum(-1, keepdims=True)
     return probs, ids, gates
@@ -751,6 +773,101 @@ def _dequant_divide(weight, scales):
 def _dequant_127(weight, scales):
     rows = weight.shape[0] // scales.shape[0]
     return weight.astype(np.float32) / 127 * np.repeat(scales, rows, axis=0)
+
+
+# ------------------------------------------------------------------ 7b. int8 product
+
+def _int8_cases(st, hnp):
+    @st.composite
+    def cases(draw):
+        B, R, out, T = (draw(st.integers(1, 4)), draw(st.integers(1, 3)),
+                        draw(st.integers(1, 4)), draw(st.integers(1, 3)))
+        return {"x": draw(hnp.arrays(np.float32, (T, B * R), elements=_floats(st, 4))),
+                "weight": draw(hnp.arrays(np.int8, (B * R, out), elements=st.integers(-127, 127))),
+                "scales": _bf16_round(draw(hnp.arrays(np.float32, (B, out),
+                                                      elements=st.floats(1 / 64, 4, width=32))))}
+    return cases()
+
+
+def _int8_example():
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((2, 8), dtype=np.float32),
+            "weight": rng.integers(-127, 128, (8, 3), dtype=np.int8),
+            "scales": _bf16_round(rng.uniform(0.01, 1, (4, 3)))}
+
+
+def _int8_reference(x, weight, scales):
+    # minigrok's numpy path, 64 rows widened at a time (its default chunk is sized for the
+    # real model's matrices, larger than the whole weight in the memory check below)
+    return fast.int8_matmul(x, weight, np.asarray(scales, np.float32), chunk_rows=64)
+
+
+def _int8_compare(ex, got, want, case):
+    """Within float32 rounding of the exact product: a sum's error scales with |x| @ |W|."""
+    x, w, s = case["x"], case["weight"], case["scales"]
+    R = w.shape[0] // s.shape[0]
+    dense = np.abs(w.astype(np.float64) * np.repeat(s.astype(np.float64), R, axis=0))
+    bound = 1e-5 * (np.abs(x.astype(np.float64)) @ dense) + 1e-6
+    g = np.asarray(got[0])
+    if g.shape != want[0].shape or not np.all(np.abs(g.astype(np.float64) - want[0]) <= bound):
+        _close("out", g, want[0], 0, 0, case)
+
+
+# The memory check's problem: 1536 rows (divisible by every B the cases draw) x 512 columns,
+# 0.75 MB of int8, 3 MB as float32. Widening all of it, or a whole block of it when B = 1,
+# goes over the limit; widening a few dozen rows at a time stays far below.
+_INT8_BIG = (1536, 512)
+
+
+def _int8_memory(ex, fn, case):
+    import tracemalloc
+
+    B = case["scales"].shape[0]
+    rng = np.random.default_rng(B)
+    n_in, n_out = _INT8_BIG
+    big = {"x": rng.standard_normal((2, n_in), dtype=np.float32),
+           "weight": rng.integers(-127, 128, (n_in, n_out), dtype=np.int8),
+           "scales": _bf16_round(rng.uniform(0.01, 1, (B, n_out)))}
+    args = _args(ex, big)                                  # copied before the measurement
+    limit = n_in * n_out * 4 // 2
+    tracemalloc.start()                                    # numpy reports its arrays to it
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        _call(ex, fn, big, args)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    if peak > limit:
+        raise Failed([f"your int8_matmul() allocated {peak / 2**20:.2f} MB at its peak for a "
+                      f"{n_in} x {n_out} int8 weight ({B} scale block{'s' * (B > 1)}); the "
+                      f"float32 weight would be {n_in * n_out * 4 / 2**20:.0f} MB and the limit "
+                      f"is half of that",
+                      "widen a few rows at a time (weight[r0:r1].astype(np.float32)), even "
+                      "inside a block, and add their products; note that x @ weight on an "
+                      "int8 weight widens all of it too"],
+                     dict(big, _limit_mb=round(limit / 2**20, 2)))
+
+
+def _int8_rows(x, weight, scales, scale_of_row, chunk=64):
+    """x @ (weight * scale_of_row(rows)), 64 rows widened at a time: the mistakes' engine."""
+    out = np.zeros((x.shape[0], weight.shape[1]), np.float64)
+    for r0 in range(0, weight.shape[0], chunk):
+        rows = np.arange(r0, min(r0 + chunk, weight.shape[0]))
+        out += x[:, rows].astype(np.float64) @ (weight[rows] * scale_of_row(rows))
+    return out.astype(np.float32)
+
+
+def _int8_first_scales(x, weight, scales):
+    return _int8_rows(x, weight, scales, lambda rows: scales[0].astype(np.float64))
+
+
+def _int8_tiled(x, weight, scales):
+    return _int8_rows(x, weight, scales, lambda rows: scales[rows % len(scales)].astype(np.float64))
+
+
+def _int8_divide(x, weight, scales):
+    R = weight.shape[0] // len(scales)
+    return _int8_rows(x, weight, scales, lambda rows: 1 / scales[rows // R].astype(np.float64))
 
 
 # ------------------------------------------------------------------ 8. nucleus filter
@@ -1010,7 +1127,9 @@ EXERCISES = {ex.name: ex for ex in [
         _rmsnorm_cases, _rmsnorm_example, lambda c: [c["x"].shape],
         properties=(Property("rms_norm(3 * x) == rms_norm(x): the size of a row divides out",
                              _rmsnorm_scale_free),
-                    Property("with scale = 1 every output row has rms 1", _rmsnorm_unit_rms)),
+                    Property("with scale = 1 every output row has rms 1", _rmsnorm_unit_rms),
+                    Property("rows near zero (mean square ~ eps) agree with minigrok too",
+                             _rmsnorm_quiet_rows)),
         mistakes=(Mistake("you multiply by (1 + scale); Grok-1 multiplies by the scale itself",
                           _rms_one_plus),
                   Mistake("eps belongs inside the square root: x / sqrt(mean(x^2) + eps)",
@@ -1088,11 +1207,12 @@ EXERCISES = {ex.name: ex for ex in [
         properties=(Property("probs is a softmax over all experts", _router_softmax),
                     Property("expert_ids are the k most probable experts, best first", _router_top),
                     Property("gates are the chosen probabilities, not renormalised", _router_gates)),
-        mistakes=(Mistake("your gates are renormalised to sum to 1; Grok-1 keeps the raw "
-                          "softmax probabilities", lambda *a: _route_variant(*a, renorm=True)),
-                  Mistake("you took the softmax over the k chosen logits only; Grok-1's softmax "
-                          "runs over all experts first",
-                          lambda *a: _route_variant(*a, topk_softmax=True)),
+        # (A softmax over the k chosen logits only is the same function as renormalised
+        # gates, exp(l_i) / sum over the chosen of exp(l_j): one mistake, one hint for both.)
+        mistakes=(Mistake("your gates sum to 1: renormalised, or a softmax over the k chosen "
+                          "logits only (the same numbers); Grok-1's softmax runs over all "
+                          "experts and the gates are those probabilities as they are",
+                          lambda *a: _route_variant(*a, renorm=True)),
                   Mistake("on a tie the LOWER expert index wins (jax.lax.top_k); reversing an "
                           "ascending sort gives ties to the higher one",
                           lambda *a: _route_variant(*a, high_ties=True))),
@@ -1129,6 +1249,21 @@ EXERCISES = {ex.name: ex for ex in [
                   Mistake("the scale already includes the 1/127: W = weight * scale",
                           _dequant_127)),
         rtol=1e-6, atol=0),
+    Exercise(
+        "int8_matmul", "int8_matmul", ("x", "weight", "scales"), ("out",),
+        "x times an int8 weight with block scales, never widening the whole weight",
+        "15_fast_paths.py", "minigrok/fast.py: int8_matmul (its numpy path, _int8_rows_product)",
+        _int8_reference,
+        _int8_cases, _int8_example, lambda c: [(c["x"].shape[0], c["weight"].shape[1])],
+        properties=(Property("never holds the float32 weight: peak memory under half of it",
+                             _int8_memory),),
+        mistakes=(Mistake("every row block has its own scales (Grok-1's attention output and "
+                          "expert down-projection have 8): rows b*R..(b+1)*R-1 use scales[b], "
+                          "not scales[0]", _int8_first_scales),
+                  Mistake("the row blocks are contiguous: rows 0..R-1 use scales[0], rows "
+                          "R..2R-1 use scales[1] (not row r -> scales[r % B])", _int8_tiled),
+                  Mistake("the weight is int8 times the scale; you divided", _int8_divide)),
+        compare=_int8_compare),
     Exercise(
         "nucleus", "top_p_filter", ("logits", "top_p"), ("filtered",),
         "the official nucleus (top-p) filter",

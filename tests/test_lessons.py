@@ -144,6 +144,15 @@ def test_headline_mistake_fails_with_its_hint(name):
     assert out[-1].startswith("FAILED")
 
 
+@pytest.mark.parametrize("name,index", [(name, i) for name in exercises.names()
+                                        for i in range(1, len(exercises.get(name).mistakes))])
+def test_every_other_recognised_mistake_fails_with_its_hint(name, index):
+    mistake = exercises.get(name).mistakes[index]
+    out = []
+    assert not exercises.check(name, mistake.fn, write=out.append)
+    assert f"hint: {mistake.hint}" in "\n".join(out)
+
+
 def test_cli_list_prints_one_name_per_line(capsys):
     assert main(["exercises", "list"]) == 0
     assert capsys.readouterr().out.splitlines() == exercises.names()

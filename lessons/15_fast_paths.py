@@ -116,9 +116,10 @@ C.save_figure(fig, "int8_throughput")
 # machine: widening 5-7 GB/s per core, the yardstick 17-33 GB/s, a full-width Grok-1 layer
 # at ~6 GB/s of int8: efficiency ~0.25.) The compiled kernel never writes the float32
 # copy: each 8 weights go from memory to a register, are widened there (two AVX2
-# instructions) and multiplied at once; on the same machine it reads a layer at 11-14 GB/s
-# (efficiency 0.4-0.65, median ~0.5). Read `add_rows` in `fast._NATIVE_SOURCE`: the plain-C loop under the
-# AVX2 one is the same arithmetic, for CPUs without AVX2.
+# instructions) and multiplied at once; on the same machine it reads a layer at 11-16 GB/s
+# (efficiency 0.4-0.66, median ~0.55), about as fast as that machine streams memory to its
+# cores. Read `add_rows` in `fast._NATIVE_SOURCE`: the plain-C loop under the AVX2 one is
+# the same arithmetic, for CPUs without AVX2.
 #
 # ## Why BLAS is held to one thread
 # OpenBLAS starts its own threads inside every product. Inside minigrok's row split that

@@ -206,7 +206,7 @@ def matmul_transposed(h, matrix, threads: int | None = None):
 # (`widen_gb_s`), a quarter of what the memory delivers. Widening in registers, where the
 # product uses it at once, needs compiled code. This is that code, in C, built on first use
 # with the system's C compiler ($CC, else cc) and kept in cache_dir()/native; ctypes releases
-# the GIL while it runs, so the columns are split between the same threads. Where no compiler
+# the GIL while it runs, so the work is split between the same threads. Where no compiler
 # works, or MINIGROK_NATIVE=0, the numpy path above runs instead (`native_kernel()` says which).
 #
 #   * the kernel computes one scale block, (x_b @ q_b) * s_b, and native_matmul adds the blocks
@@ -214,7 +214,7 @@ def matmul_transposed(h, matrix, threads: int | None = None):
 #   * 16384 columns at a time for one token (16384 / T for T tokens): their sums (64 KB) stay
 #     in the second-level cache while four weight rows stream past them; measured on this
 #     2-core EPYC with one token, 2048 columns gave 7.5 GB/s on two threads, 8192 gave 12-14;
-#     16384 was 5-10% faster again on a 6144 x 32768 matrix alone, equal inside a layer;
+#     16384 was 5-14% faster again on a 6144 x 32768 matrix alone, equal inside a layer;
 #   * the widening is written once in plain C, which compilers vectorise, and once with AVX2
 #     intrinsics: one 8-byte load per 8 weights, and the next rows fetched ahead (~30% faster
 #     than the plain C on one thread here, ~15% on two); both add each row's product in the

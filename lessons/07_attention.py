@@ -21,14 +21,17 @@
 # NaN. Output: $\sum_s p_{ts} v_s$ for every head, heads flattened to [T, H d], then
 # $W_o$ (`linear`).
 #
-# **The code.** `minigrok/attention.py`: `attention_weights` (scores, cap, masks, softmax)
-# and `attention` (projections, RoPE, grouping, cache, output projection).
+# **The code.** `minigrok/attention.py`: `attention_weights` (scores, cap, masks, softmax),
+# `context` (the weighted sum of values, a block of queries at a time, so that a long prompt
+# never holds all its [H, T, S] scores at once) and `attention` (projections, RoPE,
+# grouping, cache, output projection). The code writes the two head-wise products as
+# batched matrix products; the `einsum` lines below say the same thing more readably.
 
 # %%
 import _common as C
 import numpy as np
 from minigrok import quant
-from minigrok.attention import MASKED, SOFT_CAP, attention, attention_weights
+from minigrok.attention import MASKED, SCORE_BYTES, SOFT_CAP, attention, attention_weights
 from minigrok.model import embed
 from minigrok.rmsnorm import rms_norm
 from minigrok.rope import apply_rope
@@ -144,5 +147,10 @@ kv = 2 * Kr * dr * L * 4
 print(f"KV cache per token: 2 x {Kr} heads x {dr} x {L} layers x 4 bytes = {C.fmt_bytes(kv)} "
       f"(float32, as minigrok keeps it); a full {S}-token context: {C.fmt_bytes(kv * S)}")
 print(f"without GQA ({Hr} kv heads) the cache would be {Hr // Kr}x larger: {C.fmt_bytes(kv * S * Hr // Kr)}")
+print(f"scores of a whole {S}-token prompt in one piece: H x S x S x 4 bytes = "
+      f"{C.fmt_bytes(Hr * S * S * 4)} per layer, several times over in the softmax; "
+      f"minigrok's `context` takes {SCORE_BYTES // (Hr * S * 4)} queries at a time "
+      f"(SCORE_BYTES = {C.fmt_bytes(SCORE_BYTES)}), and each block reads only the keys up to its "
+      f"last query: half the work")
 print(f"scores and weighted sum for one new token at context {S}: 4 H d S = "
       f"{C.fmt_count(4 * Hr * dr * S)} FLOPs per layer, {C.fmt_count(4 * Hr * dr * S * L)} in all")

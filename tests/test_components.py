@@ -4,6 +4,7 @@ Every reference here is written independently of the code under test: float64, e
 loops over rows / heads / experts, and ml_dtypes for bfloat16. No checkpoint is needed.
 """
 
+import contextlib
 import math
 
 import ml_dtypes
@@ -13,7 +14,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minigrok import quant
-from minigrok.attention import attention, attention_weights
+from minigrok import attention as attention_module
+from minigrok.attention import attention, attention_weights, context
 from minigrok.moe import gelu, moe, route
 from minigrok.rmsnorm import EPS, rms_norm
 from minigrok.rope import apply_rope
@@ -352,6 +354,81 @@ def test_query_head_h_reads_kv_head_h_over_G(K, G):
                     num_kv_heads=K, key_size=d, multiplier=0.5, keep=np.ones(T, bool))
     expected = np.repeat(np.arange(H) // G + 1.0, d)[None, :].repeat(T, 0)
     np.testing.assert_allclose(out, expected, rtol=1e-5)
+
+
+@contextlib.contextmanager
+def score_bytes(n):
+    """attention.SCORE_BYTES set to n meanwhile: blocks of max(1, n // (H * S * 4)) queries."""
+    old, attention_module.SCORE_BYTES = attention_module.SCORE_BYTES, n
+    try:
+        yield
+    finally:
+        attention_module.SCORE_BYTES = old
+
+
+@st.composite
+def blocked_problem(draw):
+    """A gqa_problem of up to 12 queries, some of whose first keys may all be pads, and a
+    query block size from 1 row to all of them."""
+    K, G, d = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 3])), 4
+    T, offset = draw(st.integers(1, 12)), draw(st.integers(0, 6))
+    S = offset + T
+    keep = np.array(draw(st.lists(st.booleans(), min_size=S, max_size=S)))
+    keep[:draw(st.one_of(st.just(S), st.integers(0, S)))] = False  # leading pads, maybe all
+    return K, G, d, T, offset, keep, draw(st.integers(1, T)), draw(SEEDS)
+
+
+@FAST
+@given(problem=blocked_problem())
+def test_context_in_query_blocks_matches_the_naive_reference(problem):
+    # Blocks read only the keys up to their last query, except a block holding a query that
+    # sees no key (the official mask then averages every key): the float64 reference below
+    # knows nothing of blocks, so a wrong ``end`` on either side of that rule fails here.
+    K, G, d, T, offset, keep, rows, seed = problem
+    rng = rng_of(seed)
+    S, H = offset + T, K * G
+    q = (rng.standard_normal((T, K, G, d)) * 2).astype(np.float32)
+    k, v = ((rng.standard_normal((S, K, d)) * 2).astype(np.float32) for _ in range(2))
+    probs = []
+    with score_bytes(rows * H * S * 4):
+        out = context(q, k, v, keep, offset, 0.5, probs)
+    assert len(probs) == -(-T // rows)
+    probs = np.concatenate(probs, axis=2)                                 # [K, G, T, S]
+    ref = attention_weights_reference(q.reshape(T, H, d), k, keep, offset, 0.5, K)
+    np.testing.assert_allclose(probs.reshape(H, T, S), ref, rtol=1e-5, atol=1e-6)
+    assert np.all(probs.reshape(H, T, S)[ref == 0] == 0)       # masked keys: exactly zero
+    want = np.einsum("hts,shd->thd", ref, np.repeat(v, G, axis=1).astype(np.float64))
+    np.testing.assert_allclose(out.reshape(T, H, d), want, rtol=1e-5, atol=1e-5)
+
+
+def test_long_attention_holds_one_block_of_scores_at_a_time():
+    # 512 queries x 512 keys x 8 heads: 8 MB of scores per temporary in one piece (the
+    # softmax makes several); in blocks of 1 MB the whole call stays under 5 MB.
+    import tracemalloc
+
+    K, G, d, T = 4, 2, 16, 512
+    rng = rng_of(5)
+    x = rng.standard_normal((T, 64)).astype(np.float32)
+    w = [rng.standard_normal((64, n)).astype(np.float32) / 8 for n in (K * G * d, K * d, K * d)]
+    w.append(rng.standard_normal((K * G * d, 64)).astype(np.float32) / 8)
+    keep = np.ones(T, bool)
+
+    def run():
+        tracemalloc.start()
+        try:
+            out = attention(x, *w, num_q_heads=K * G, num_kv_heads=K, key_size=d,
+                            multiplier=0.25, keep=keep)
+            return out, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    with score_bytes(1 << 20):
+        blocked, peak = run()
+    with score_bytes(1 << 40):
+        whole, whole_peak = run()
+    assert peak < 5 << 20, f"peak {peak / 2**20:.1f} MB"
+    assert whole_peak > 16 << 20            # the same call in one piece: the bound is real
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- MoE

@@ -12,10 +12,12 @@
 # first writes a float32 copy of W (4 bytes per weight) and then reads it back: five memory
 # trips per byte instead of one. The fast paths never hold that copy:
 #
-# * **CPU, numpy** (`fast.int8_matmul`): widen a cache-sized chunk of rows to float32,
-#   multiply it where it lies (BLAS), next chunk; the rows are split between threads (numpy
+# * **CPU, numpy** (`fast.int8_matmul`): widen a cache-sized tile of the weight to float32,
+#   multiply it where it lies (BLAS), next tile; the threads share the columns (numpy
 #   releases the GIL in both steps). The scales wait until a whole row block is summed:
-#   $x_b (q_b s_b) = (x_b q_b) s_b$.
+#   $x_b (q_b s_b) = (x_b q_b) s_b$. For a few tokens a tile is whole rows, read as one
+#   stream; for many (a prompt) it is 256 rows deep, so that BLAS has work enough per
+#   weight to run at its peak (see "Many tokens" below).
 # * **CPU, compiled** (`fast.native_matmul`): the same sums in ~100 lines of C
 #   (`fast._NATIVE_SOURCE`, built on first use with the system's C compiler), which widens
 #   8 int8 at a time in registers right where it multiplies them, one scale block per
@@ -122,7 +124,7 @@ C.save_figure(fig, "int8_throughput")
 # the same arithmetic, for CPUs without AVX2.
 #
 # ## Why BLAS is held to one thread
-# OpenBLAS starts its own threads inside every product. Inside minigrok's row split that
+# OpenBLAS starts its own threads inside every product. Inside minigrok's own split that
 # means 2 x 2 threads on 2 cores, and they wait for each other at every chunk.
 # `fast.blas_threads(1)` sets OpenBLAS's thread count through its C API for the duration.
 
@@ -133,6 +135,24 @@ fought = nbytes / best_time(lambda: quant.matmul(x, qw, chunk_rows=chunk, thread
 fast.blas_threads = saved
 C.measured(f"numpy path, {threads} threads, BLAS left to start its own", f"{fought / 1e9:.1f} GB/s")
 C.measured(f"numpy path, {threads} threads, BLAS held to one", f"{rates[NUMPY] / 1e9:.1f} GB/s")
+
+# %% [markdown]
+# ## Many tokens: the tile's depth
+# A prompt's tokens all meet the same weights, so each widened weight serves T products and
+# the work becomes arithmetic: 2 T flops per weight. A tile of a few whole rows (the
+# one-token shape) hands BLAS products only that few rows deep, and each step writes and
+# re-adds the whole [T, n_out] partial sum: memory traffic again. Deeper tiles keep the
+# partial sum of a few thousand columns in cache while BLAS runs a real matrix product.
+# (On the 2-core development machine, 512 tokens x a 6144 x 32768 expert matrix: 57 GFLOP/s
+# in whole rows 32 at a time, 118-134 in 256 x 4096 tiles, the default beyond 8 tokens.)
+
+# %%
+xs = rng.standard_normal((256, n_in)).astype(np.float32)
+flops = 2 * xs.shape[0] * n_in * n_out
+# 32 rows: the depth of whole-row tiles on a 32768-wide expert matrix
+for rows in (32, fast.TILE_ROWS):
+    seconds = best_time(lambda: quant.matmul(xs, qw, chunk_rows=rows), repeats=3)
+    C.measured(f"{xs.shape[0]} tokens, tiles {rows} rows deep", f"{flops / seconds / 1e9:.0f} GFLOP/s")
 
 # %% [markdown]
 # ## The GPU kernel, block by block

@@ -1252,7 +1252,7 @@ EXERCISES = {ex.name: ex for ex in [
     Exercise(
         "int8_matmul", "int8_matmul", ("x", "weight", "scales"), ("out",),
         "x times an int8 weight with block scales, never widening the whole weight",
-        "15_fast_paths.py", "minigrok/fast.py: int8_matmul (its numpy path, _int8_rows_product)",
+        "15_fast_paths.py", "minigrok/fast.py: int8_matmul (its numpy path, _int8_columns_product)",
         _int8_reference,
         _int8_cases, _int8_example, lambda c: [(c["x"].shape[0], c["weight"].shape[1])],
         properties=(Property("never holds the float32 weight: peak memory under half of it",

@@ -85,7 +85,7 @@ def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
     qw must be a single matrix (weight [in, out]; index experts first). Small weights on the
     CPU take the teaching path, ``x @ dequantize(qw)``; large ones go to fast.int8_matmul,
     which never holds the fp32 weight (the compiled kernel for a few tokens, else numpy
-    widening a few rows at a time: ``chunk_rows``, ``threads``, see there; setting
+    widening a tile at a time: ``chunk_rows``, ``threads``, see there; setting
     ``chunk_rows`` forces numpy). On a GPU up to GEMV_MAX_TOKENS tokens go through the int8 kernels of
     fast.int8_gemv, more through fast.int8_matmul_gpu; a weight still on the host (a
     streamed layer) is copied over first (stream.fetch).

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minigrok import quant
+from minigrok import fast, quant
 from minigrok import attention as attention_module
 from minigrok.attention import attention, attention_weights, context
 from minigrok.moe import gelu, moe, route
@@ -357,13 +357,19 @@ def test_query_head_h_reads_kv_head_h_over_G(K, G):
 
 
 @contextlib.contextmanager
-def score_bytes(n):
-    """attention.SCORE_BYTES set to n meanwhile: blocks of max(1, n // (H * S * 4)) queries."""
-    old, attention_module.SCORE_BYTES = attention_module.SCORE_BYTES, n
+def patched(module, name, value):
+    """module.name set to value meanwhile (hypothesis tests cannot take pytest's monkeypatch)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        attention_module.SCORE_BYTES = old
+        setattr(module, name, old)
+
+
+def score_bytes(n):
+    """attention.SCORE_BYTES set to n meanwhile: blocks of max(1, n // (H * S * 4)) queries."""
+    return patched(attention_module, "SCORE_BYTES", n)
 
 
 @st.composite
@@ -599,18 +605,19 @@ def quantised_problem(draw):
     blocks = draw(st.sampled_from([1, 8]))
     per_block = draw(st.integers(2, 6))
     n_in = 8 * per_block if blocks == 8 else draw(st.integers(1, 6)) * 8
-    n_out = draw(st.integers(1, 9))
+    n_out = draw(st.integers(1, 200))
     T = draw(st.integers(1, 5))
     chunk = draw(st.integers(1, n_in // blocks - 1))        # smaller than a block
+    tile_cols = draw(st.integers(1, n_out))                 # fast.CHUNK_ELEMENTS // chunk
     magnitude = draw(st.sampled_from([1e-3, 1.0, 1e3]))
-    threads = draw(st.integers(1, 3))                       # fast.int8_matmul's row split
-    return blocks, n_in, n_out, T, chunk, threads, magnitude, draw(SEEDS)
+    threads = draw(st.integers(1, 3))                       # sharing columns, 64 at a time
+    return blocks, n_in, n_out, T, chunk, tile_cols, threads, magnitude, draw(SEEDS)
 
 
 @settings(max_examples=60, deadline=None)
 @given(problem=quantised_problem())
 def test_matmul_equals_x_times_dequantized_weight(problem):
-    blocks, n_in, n_out, T, chunk, threads, magnitude, seed = problem
+    blocks, n_in, n_out, T, chunk, tile_cols, threads, magnitude, seed = problem
     rng = rng_of(seed)
     w = (rng.standard_normal((n_in, n_out)) * magnitude).astype(np.float32)
     # make the blocks' scales really differ, so a wrong block would show
@@ -618,7 +625,8 @@ def test_matmul_equals_x_times_dequantized_weight(problem):
     qw = quant.quantize(w, blocks=blocks)
     assert qw.weight.dtype == np.int8 and qw.scales.shape == (blocks, n_out)
     x = rng.standard_normal((T, n_in)).astype(np.float32)
-    out = quant.matmul(x, qw, chunk_rows=chunk, threads=threads)
+    with patched(fast, "CHUNK_ELEMENTS", chunk * tile_cols):     # tiles of chunk x tile_cols
+        out = quant.matmul(x, qw, chunk_rows=chunk, threads=threads)
     assert out.shape == (T, n_out) and out.dtype == np.float32
     dense = dequantize_reference(quant.QuantizedWeight8bit(qw.weight[None], qw.scales[None]))[0]
     np.testing.assert_allclose(quant.dequantize(qw), dense, rtol=0, atol=0)

@@ -15,8 +15,8 @@
 # * **CPU, numpy** (`fast.int8_matmul`): widen a cache-sized tile of the weight to float32,
 #   multiply it where it lies (BLAS), next tile; the threads share the columns (numpy
 #   releases the GIL in both steps). The scales wait until a whole row block is summed:
-#   $x_b (q_b s_b) = (x_b q_b) s_b$. For a few tokens a tile is whole rows, read as one
-#   stream; for many (a prompt) it is 256 rows deep, so that BLAS has work enough per
+#   $x_b (q_b s_b) = (x_b q_b) s_b$. For a few tokens a tile spans a thread's whole share of
+#   the columns, read in long runs; for many (a prompt) it is 256 rows deep, so that BLAS has work enough per
 #   weight to run at its peak (see "Many tokens" below).
 # * **CPU, compiled** (`fast.native_matmul`): the same sums in ~100 lines of C
 #   (`fast._NATIVE_SOURCE`, built on first use with the system's C compiler), which widens
@@ -139,7 +139,7 @@ C.measured(f"numpy path, {threads} threads, BLAS held to one", f"{rates[NUMPY] /
 # %% [markdown]
 # ## Many tokens: the tile's depth
 # A prompt's tokens all meet the same weights, so each widened weight serves T products and
-# the work becomes arithmetic: 2 T flops per weight. A tile of a few whole rows (the
+# the work becomes arithmetic: 2 T flops per weight. A tile a few rows deep (the
 # one-token shape) hands BLAS products only that few rows deep, and each step writes and
 # re-adds the whole [T, n_out] partial sum: memory traffic again. Deeper tiles keep the
 # partial sum of a few thousand columns in cache while BLAS runs a real matrix product.

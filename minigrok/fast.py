@@ -134,7 +134,7 @@ def _int8_columns_product(x, weight, scales, out, c0: int, c1: int, chunk_rows: 
     make CHUNK_ELEMENTS: it is widened into a float32 buffer in cache and multiplied where
     it lies. The tile's products are summed over the block's rows, then the block's scales
     multiply that sum once, (x_b @ q_b) * s_b == x_b @ (q_b * s_b), and the blocks are added
-    in order. Each output column is computed here alone, however the columns are shared out.
+    in order. No other thread adds into these columns.
     """
     n_in = weight.shape[0]
     rows = n_in // scales.shape[0]                               # rows per scale block
@@ -175,8 +175,8 @@ def int8_matmul(x, weight, scales, chunk_rows: int | None = None, threads: int |
     if chunk_rows is None:
         # Many tokens: tiles at least TILE_ROWS deep, so that BLAS runs near its peak (512
         # tokens x a 6144 x 32768 expert: 118-134 GFLOP/s on 2 cores, against 57 for whole
-        # rows 32 at a time). A few tokens: whole rows, read as one stream (6.3 GB/s for one
-        # token, against 4.1 in 256 x 4096 tiles).
+        # rows 32 at a time). A few tokens: tiles as wide as a thread's columns, read as
+        # long runs (5.5-5.9 GB/s for one token on 2 threads, against 4.1 in 256 x 4096).
         chunk_rows = max(1, CHUNK_ELEMENTS // n_out)
         if x.shape[0] > NATIVE_TOKENS:
             chunk_rows = max(TILE_ROWS, chunk_rows)

@@ -160,7 +160,7 @@ def test_native_matmul_takes_a_few_tokens_and_minigrok_native_0_turns_it_off(mon
         out = fast.int8_matmul(x[:T], w, s)
         assert np.all(np.abs(out - ref[:T]) <= 1e-5 * bound[:T])
     assert calls == [1, 1]
-    fast.int8_matmul(x, w, s)                                 # more tokens: numpy's chunks
+    fast.int8_matmul(x, w, s)                                 # more tokens: numpy's tiles
     fast.int8_matmul(x[:1], w, s, chunk_rows=8)               # a chunk size asks for numpy
     fast.int8_matmul(x[:1], np.asfortranarray(w), s)          # not row-major: numpy
     assert calls == [1, 1]

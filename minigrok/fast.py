@@ -342,7 +342,7 @@ void int8_matmul(const float *x, int64_t x_stride, const int8_t *w, const float 
 # 6144 x 32768: 1 token 13-15 / 32-37, 4 tokens 31 / 58-60, 8 tokens 63-89 / 86-113,
 # 12 tokens 103-133 / 156-180; 32768 x 6144 (8 scale blocks): 8 tokens 58-79 / 61-102,
 # 12 tokens 100-104 / 81-93. Again with the kernel's 16384-sum tiles and numpy's column
-# tiles (session 6, alternating runs): 6 tokens 41-45 / 83-91, 8 tokens 87-94 / 85-93 on
+# tiles (2026-11-27, alternating runs): 6 tokens 41-45 / 83-91, 8 tokens 87-94 / 85-93 on
 # both shapes. (8 tokens cost the kernel twice 6, where 1 to 7 grow evenly; padding each
 # token's row of sums off a 4 KB multiple did not change it. Not understood.)
 NATIVE_TOKENS = 8

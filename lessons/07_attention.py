@@ -132,6 +132,9 @@ C.save_figure(fig, "attention_pattern")
 # - Remove the soft cap (`raw` instead of the capped scores) and compare the probabilities:
 #   how large must a score be before the cap changes a row visibly?
 # - Make every token a pad (`tokens[:] = 0`): what does each row become, and why no NaN?
+# - Set `minigrok.attention.SCORE_BYTES = 1` (one query per block) and run `attention` again:
+#   the output moves by float32 rounding only. Then, in `context`, let every block stop at
+#   its last query (`end = offset + t + rows`) with a pad as the first token: which rows change?
 # - Exercises: `python -m minigrok exercises check softcap_attention` and
 #   `python -m minigrok exercises check gqa`.
 #

@@ -14,6 +14,13 @@ import math
 from . import quant, stream
 from .xp import array_module
 
+# Tokens per expert call. An expert's activations are [n, F] float32, F = 32768 on Grok-1,
+# a handful of them alive at once (134 MB each for 1024 tokens): a long prompt's tokens go
+# through an expert this many at a time, so that its memory stops growing with the prompt.
+# (On a GPU it must fit placement.reserve_bytes' working room, 1.9 GB on Grok-1, beside
+# the 0.8 GB the widened weight takes there.)
+EXPERT_ROWS = 1024
+
 
 def gelu(x):
     """The tanh approximation of GELU (jax.nn.gelu's default), not the exact erf form."""
@@ -63,7 +70,8 @@ def moe(x, router, linear, linear_v, linear_1, *, num_selected: int):
     stream.prefetch((expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)), x)
     for e in chosen:
         rows, slot = xp.nonzero(ids == e)                                     # tokens choosing e
-        y = expert(x[rows], expert_weight(linear, e), expert_weight(linear_v, e),
-                   expert_weight(linear_1, e))
-        out[rows] += gates[rows, slot][:, None] * y
+        weights = [stream.here(expert_weight(w, e), x) for w in (linear, linear_v, linear_1)]
+        for r in range(0, len(rows), EXPERT_ROWS):
+            rr, ss = rows[r:r + EXPERT_ROWS], slot[r:r + EXPERT_ROWS]
+            out[rr] += gates[rr, ss][:, None] * expert(x[rr], *weights)
     return out, probs, ids, gates

@@ -146,6 +146,14 @@ def prefetch(weights, x):
                                                  cupy.cuda.get_current_stream())
 
 
+def here(qw, x):
+    """qw where x is, for several products: a weight still on the host, when x is on a GPU,
+    is fetched once (the prefetched copy, or one made now); anything else comes back as is."""
+    if array_module(x) is np or not hasattr(qw, "weight") or not on_host(qw.weight):
+        return qw
+    return fetch(qw)
+
+
 def fetch(qw):
     """A host weight on the current GPU: the prefetched copy, or one made now."""
     import cupy

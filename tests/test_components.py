@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from minigrok import fast, quant
 from minigrok import attention as attention_module
+from minigrok import moe as moe_module
 from minigrok.attention import attention, attention_weights, context
 from minigrok.moe import gelu, moe, route
 from minigrok.rmsnorm import EPS, rms_norm
@@ -561,8 +562,11 @@ def moe_dense_reference(x, router, w1, wv, w2, k=2):
 
 @pytest.mark.parametrize("quantised", [False, True])
 @settings(max_examples=15, deadline=None)
-@given(seed=SEEDS, T=st.integers(1, 7), D=st.sampled_from([8, 16]), F=st.sampled_from([8, 24]))
-def test_moe_equals_dense_mixture_of_all_experts(seed, T, D, F, quantised):
+@given(seed=SEEDS, T=st.integers(1, 24), D=st.sampled_from([8, 16]), F=st.sampled_from([8, 24]),
+       expert_rows=st.integers(1, 4))
+def test_moe_equals_dense_mixture_of_all_experts(seed, T, D, F, quantised, expert_rows):
+    # expert_rows: tokens per expert call (moe.EXPERT_ROWS), so that an expert chosen by
+    # several tokens takes them in blocks, the last one partial
     rng = rng_of(seed)
     x = rng.standard_normal((T, D)).astype(np.float32)
     router = (rng.standard_normal((D, 8)) * 2 / math.sqrt(D)).astype(np.float32)
@@ -576,7 +580,8 @@ def test_moe_equals_dense_mixture_of_all_experts(seed, T, D, F, quantised):
     else:
         args = (w1, wv, w2)
         ref_weights = [a.astype(np.float64) for a in args]
-    out, probs, ids, gates = moe(x, router, *args, num_selected=2)
+    with patched(moe_module, "EXPERT_ROWS", expert_rows):
+        out, probs, ids, gates = moe(x, router, *args, num_selected=2)
     ref, ref_probs = moe_dense_reference(x, router, *ref_weights)
     assume(separated(ref_probs, 2))
     assert out.shape == (T, D) and out.dtype == np.float32

@@ -114,7 +114,13 @@ def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
 
 # -- the memory plan: streamed layers, several GPUs ----------------------------------------------
 
-def test_streamed_layers_compute_what_resident_ones_do(tiny_dir):
+def test_streamed_layers_compute_what_resident_ones_do(tiny_dir, monkeypatch):
+    from minigrok import moe, stream
+
+    # experts take one token per call, yet each streamed weight crosses to the GPU once
+    monkeypatch.setattr(moe, "EXPERT_ROWS", 1)
+    copies, copy = [], stream._copy
+    monkeypatch.setattr(stream, "_copy", lambda qw, *a: copies.append(stream._key(qw)) or copy(qw, *a))
     cfg = preset("tiny")
     # room for the embeddings, the streaming reserve and 3 of the 12 layers
     limit = cfg.vocab_size * cfg.emb_size * 4 + reserve_bytes(cfg, True) + 3.5 * layer_bytes(cfg)
@@ -125,6 +131,7 @@ def test_streamed_layers_compute_what_resident_ones_do(tiny_dir):
     assert cupy.get_array_module(m.params["layers"][2]["moe"]["linear"].weight) is cupy
     cpu = minigrok.load(tiny_dir).logits(TOKENS)
     assert np.abs(m.logits(TOKENS) - cpu).max() / np.abs(cpu).max() < 1e-4
+    assert copies and len(copies) == len(set(copies))
     kwargs = dict(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5)
     assert list(m.generate_ids([5, 17, 300], **kwargs)) == \
         list(minigrok.load(tiny_dir).generate_ids([5, 17, 300], **kwargs))

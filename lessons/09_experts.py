@@ -73,7 +73,9 @@ print(f"max |gelu_tanh - gelu_erf| on [-5, 5] = {diff.max():.2e} at z = {z[diff.
 # %% [markdown]
 # ## Top-2 mixing, and the dense equivalent
 # `moe` runs each chosen expert on its tokens and adds `gate * output`. The official way
-# (every expert on every token, unchosen gates 0) gives the same sum.
+# (every expert on every token, unchosen gates 0) gives the same sum. (A long prompt's
+# tokens meet an expert `EXPERT_ROWS` = 1024 at a time: Grok-1's [tokens, 32768]
+# activations would otherwise grow with the prompt.)
 
 # %%
 out, _, _, _ = moe(x, layer["router"], **w, num_selected=k)

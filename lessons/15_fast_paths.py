@@ -16,8 +16,8 @@
 #   multiply it where it lies (BLAS), next tile; the threads share the columns (numpy
 #   releases the GIL in both steps). The scales wait until a whole row block is summed:
 #   $x_b (q_b s_b) = (x_b q_b) s_b$. For a few tokens a tile spans a thread's whole share of
-#   the columns, read in long runs; for many (a prompt) it is 256 rows deep, so that BLAS has work enough per
-#   weight to run at its peak (see "Many tokens" below).
+#   the columns, read in long runs; for many (a prompt) it is 256 rows deep, so that BLAS
+#   has work enough per weight to run at its peak (see "Many tokens" below).
 # * **CPU, compiled** (`fast.native_matmul`): the same sums in ~100 lines of C
 #   (`fast._NATIVE_SOURCE`, built on first use with the system's C compiler), which widens
 #   8 int8 at a time in registers right where it multiplies them, one scale block per

@@ -2,9 +2,9 @@
 # Every GPU check in one run, for a machine with an NVIDIA GPU and CuPy (100-120 s on a 16-core
 # H200 machine, half of it writing the full-width checkpoint): the CuPy parity tests, then
 # `bench` on the tiny preset (resident, then streamed under a memory cap) and on two full-width
-# Grok-1 layers (resident, then streamed), then tests/gpu_profile.py on those layers. Results
-# go to $OUT (default /tmp/minigrok-gpu): pytest.log, bench.jsonl (one JSON line per bench
-# run, tagged with what it ran) and profile.jsonl. Each step has a time limit, so that one
+# Grok-1 layers (resident, a 4096-token prompt, then streamed), then tests/gpu_profile.py on
+# those layers. Results go to $OUT (default /tmp/minigrok-gpu): pytest.log, bench.jsonl (one
+# JSON line per bench run, tagged with what it ran) and profile.jsonl. Each step has a time limit, so that one
 # that hangs leaves the others their time.
 #
 #     bash tests/gpu_check.sh            # FULL=0 skips the full-width part
@@ -42,6 +42,9 @@ if [ "${FULL:-1}" = 1 ]; then
     time timeout 240 $py -m minigrok make-checkpoint --preset grok-1 --num-layers 2 \
         --out "$work/grok2" --force
     bench grok2-gpu --checkpoint "$work/grok2" --device cuda --prompt-len 16 --new-tokens 32
+    # a long prompt: attention in query blocks, experts 1024 tokens at a time, within the
+    # working room placement.reserve_bytes keeps
+    bench grok2-gpu-long --checkpoint "$work/grok2" --device cuda --prompt-len 4096 --new-tokens 4
     bench grok2-gpu-streamed --checkpoint "$work/grok2" --device cuda --gpu-memory 8 \
         --prompt-len 16 --new-tokens 16
     timeout 120 $py tests/gpu_profile.py "$work/grok2" 2>&1 | tee "$out/profile.jsonl"

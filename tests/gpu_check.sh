@@ -4,8 +4,8 @@
 # `bench` on the tiny preset (resident, then streamed under a memory cap) and on two full-width
 # Grok-1 layers (resident, a 4096-token prompt, then streamed), then tests/gpu_profile.py on
 # those layers. Results go to $OUT (default /tmp/minigrok-gpu): pytest.log, bench.jsonl (one
-# JSON line per bench run, tagged with what it ran) and profile.jsonl. Each step has a time limit, so that one
-# that hangs leaves the others their time.
+# JSON line per bench run, tagged with what it ran) and profile.jsonl. Each step has a time
+# limit, so that one that hangs leaves the others their time.
 #
 #     bash tests/gpu_check.sh            # FULL=0 skips the full-width part
 set -uo pipefail

@@ -250,11 +250,11 @@ _NATIVE_SOURCE = r"""
 
 enum { TILE = 16384 };       /* partial sums per thread: 64 KB, in the second-level cache */
 
-/* part[t][j] += x[t][k] * w[k][j] for tokens t < T and rows k < rows (at most 4), one row
-   after another. part is [T][n]; x's rows are x_stride apart, w's rows stride apart. */
-static void add_rows(float *restrict part, const int8_t *restrict w, int64_t stride,
-                     const float *restrict x, int64_t x_stride, int64_t T, int rows,
-                     int64_t n) {
+/* part[t][j] += x[t][k] * w[k][j] for tokens t < T, columns j < n and rows k < rows (at
+   most 4), one row after another. part's rows are ld apart, x's x_stride, w's stride. */
+static void add_rows(float *restrict part, int64_t ld, const int8_t *restrict w,
+                     int64_t stride, const float *restrict x, int64_t x_stride, int64_t T,
+                     int rows, int64_t n) {
     int64_t j = 0;
 #ifdef USE_AVX2
     if (rows == 4) {
@@ -282,19 +282,19 @@ static void add_rows(float *restrict part, const int8_t *restrict w, int64_t str
             }
             for (int64_t t = 0; t < T; t++) {
                 const float *xt = x + t * x_stride;
-                __m256 s = _mm256_loadu_ps(part + t * n + j);
+                __m256 s = _mm256_loadu_ps(part + t * ld + j);
                 s = _mm256_fmadd_ps(_mm256_set1_ps(xt[0]), w0, s);
                 s = _mm256_fmadd_ps(_mm256_set1_ps(xt[1]), w1, s);
                 s = _mm256_fmadd_ps(_mm256_set1_ps(xt[2]), w2, s);
                 s = _mm256_fmadd_ps(_mm256_set1_ps(xt[3]), w3, s);
-                _mm256_storeu_ps(part + t * n + j, s);
+                _mm256_storeu_ps(part + t * ld + j, s);
             }
         }
     }
 #endif
     for (int64_t t = 0; t < T; t++) {      /* plain C: the rest, or everything without AVX2 */
         const float *xt = x + t * x_stride;
-        float *pt = part + t * n;
+        float *pt = part + t * ld;
         if (rows == 4) {                    /* spelled out, so that compilers vectorise it */
             const int8_t *w1 = w + stride, *w2 = w1 + stride, *w3 = w2 + stride;
             for (int64_t i = j; i < n; i++) {
@@ -316,35 +316,39 @@ static void add_rows(float *restrict part, const int8_t *restrict w, int64_t str
 }
 
 /* One scale block: y[:, c0:c1] = (x [T, rows] @ w[:, c0:c1]) * scales[c0:c1], w int8
-   [rows, n_out], y [T, n_out]; x's rows are x_stride apart. T at most TILE / 8. */
+   [rows, n_out], y [T, n_out]; x's rows are x_stride apart. T at most TILE / 64. */
 void int8_matmul(const float *x, int64_t x_stride, const int8_t *w, const float *scales,
                  float *y, int64_t T, int64_t rows, int64_t n_out, int64_t c0, int64_t c1) {
     /* The sums stay on the stack until the end: summing in y itself measured 20-25% slower
        here, and up to 2x slower for some distances between y and w in memory. */
     float part[TILE];
-    int64_t cols = TILE / T / 8 * 8;       /* columns per tile: T rows of sums fill TILE */
+    /* T rows of sums fill TILE, each ld floats apart. ld is kept off multiples of 1024
+       floats (4 KB): with 8 tokens and rows 2048 apart, the 8 rows of sums and the 4 weight
+       rows (n_out apart, a multiple of 4 KB on Grok-1) all fell into one set of the 8-way
+       first-level cache, and 8 tokens took twice as long as 6. */
+    int64_t ld = TILE / T / 16 * 16 - 16, cols = ld - 16;
     for (int64_t j0 = c0; j0 < c1; j0 += cols) {
         int64_t n = c1 - j0 < cols ? c1 - j0 : cols;
-        memset(part, 0, T * n * sizeof(float));
+        for (int64_t t = 0; t < T; t++) memset(part + t * ld, 0, n * sizeof(float));
         for (int64_t r = 0; r < rows; r += 4)
-            add_rows(part, w + r * n_out + j0, n_out, x + r, x_stride, T,
+            add_rows(part, ld, w + r * n_out + j0, n_out, x + r, x_stride, T,
                      rows - r < 4 ? (int)(rows - r) : 4, n);
         for (int64_t t = 0; t < T; t++)
             for (int64_t j = 0; j < n; j++)
-                y[t * n_out + j0 + j] = part[t * n + j] * scales[j0 + j];
+                y[t * n_out + j0 + j] = part[t * ld + j] * scales[j0 + j];
     }
 }
 """
 
-# Tokens per call of the compiled kernel; more tokens go to numpy's chunks and BLAS. Each 8
+# Tokens per call of the compiled kernel; more tokens go to numpy's tiles and BLAS. Each 8
 # weights are widened once for all the tokens, but every token adds its multiply-adds, and
 # BLAS's matrix product does those better. Measured here (2 threads, ms, compiled / numpy):
 # 6144 x 32768: 1 token 13-15 / 32-37, 4 tokens 31 / 58-60, 8 tokens 63-89 / 86-113,
 # 12 tokens 103-133 / 156-180; 32768 x 6144 (8 scale blocks): 8 tokens 58-79 / 61-102,
 # 12 tokens 100-104 / 81-93. Again with the kernel's 16384-sum tiles and numpy's column
-# tiles (2026-11-27, alternating runs): 6 tokens 41-45 / 83-91, 8 tokens 87-94 / 85-93 on
-# both shapes. (8 tokens cost the kernel twice 6, where 1 to 7 grow evenly; padding each
-# token's row of sums off a 4 KB multiple did not change it. Not understood.)
+# tiles (2026-11-27, alternating runs, both shapes): 6 tokens 41-46 / 83-98; 8 tokens
+# 87-94 / 85-93 while the rows of sums lay 8 KB apart (see int8_matmul in the C), 73-80 /
+# 87-103 since.
 NATIVE_TOKENS = 8
 _native = {}            # portable (bool) -> the ctypes function, or None: built, or not
 _native_lock = threading.Lock()

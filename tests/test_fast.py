@@ -135,7 +135,7 @@ def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_ou
 
 
 def test_native_matmul_across_column_tiles_and_scale_blocks():
-    # wider than a tile (16384 columns for one token, 2048 for eight), split into columns (one
+    # wider than a tile (16352 columns for one token, 2016 for eight), split into columns (one
     # scale block) or into blocks (8 of 5 rows) and columns (3 blocks, 4 threads)
     for T in (1, fast.NATIVE_TOKENS):
         for blocks, per_block in ((1, 40), (8, 5), (3, 7)):

@@ -4,8 +4,8 @@ Every reference here is written independently of the code under test: float64, e
 loops over rows / heads / experts, and ml_dtypes for bfloat16. No checkpoint is needed.
 """
 
-import contextlib
 import math
+from unittest import mock
 
 import ml_dtypes
 import numpy as np
@@ -357,20 +357,10 @@ def test_query_head_h_reads_kv_head_h_over_G(K, G):
     np.testing.assert_allclose(out, expected, rtol=1e-5)
 
 
-@contextlib.contextmanager
-def patched(module, name, value):
-    """module.name set to value meanwhile (hypothesis tests cannot take pytest's monkeypatch)."""
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
 def score_bytes(n):
-    """attention.SCORE_BYTES set to n meanwhile: blocks of max(1, n // (H * S * 4)) queries."""
-    return patched(attention_module, "SCORE_BYTES", n)
+    """attention.SCORE_BYTES set to n meanwhile: blocks of max(1, n // (H * S * 4)) queries.
+    (mock.patch.object, not pytest's monkeypatch: hypothesis runs many examples per test.)"""
+    return mock.patch.object(attention_module, "SCORE_BYTES", n)
 
 
 @st.composite
@@ -580,7 +570,7 @@ def test_moe_equals_dense_mixture_of_all_experts(seed, T, D, F, quantised, exper
     else:
         args = (w1, wv, w2)
         ref_weights = [a.astype(np.float64) for a in args]
-    with patched(moe_module, "EXPERT_ROWS", expert_rows):
+    with mock.patch.object(moe_module, "EXPERT_ROWS", expert_rows):
         out, probs, ids, gates = moe(x, router, *args, num_selected=2)
     ref, ref_probs = moe_dense_reference(x, router, *ref_weights)
     assume(separated(ref_probs, 2))
@@ -630,7 +620,7 @@ def test_matmul_equals_x_times_dequantized_weight(problem):
     qw = quant.quantize(w, blocks=blocks)
     assert qw.weight.dtype == np.int8 and qw.scales.shape == (blocks, n_out)
     x = rng.standard_normal((T, n_in)).astype(np.float32)
-    with patched(fast, "CHUNK_ELEMENTS", chunk * tile_cols):     # tiles of chunk x tile_cols
+    with mock.patch.object(fast, "CHUNK_ELEMENTS", chunk * tile_cols):   # chunk x tile_cols tiles
         out = quant.matmul(x, qw, chunk_rows=chunk, threads=threads)
     assert out.shape == (T, n_out) and out.dtype == np.float32
     dense = dequantize_reference(quant.QuantizedWeight8bit(qw.weight[None], qw.scales[None]))[0]

@@ -19,6 +19,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -582,13 +583,10 @@ def check_model_logits(oracle, checkpoint, tokens, dtype, via="api"):
         # Again with the queries in blocks of 5 (attention.SCORE_BYTES), so that blocks that
         # read only the keys up to their last query, and a block of leading pads that reads
         # them all, are held to the official code too.
-        from minigrok import attention
-        old = attention.SCORE_BYTES
-        attention.SCORE_BYTES = 5 * m.config.num_q_heads * len(tokens) * 4
-        try:
+        from minigrok import attention as mg_attention
+        with mock.patch.object(mg_attention, "SCORE_BYTES",
+                               5 * m.config.num_q_heads * len(tokens) * 4):
             err, flips = explain(official, logits_of, dtype)
-        finally:
-            attention.SCORE_BYTES = old
         record(f"logits/api-blocks/{dtype}", err.max(), MODEL_TOL[dtype], excluded=len(flips),
                what="routing flips found")
 

@@ -9,10 +9,16 @@ from hypothesis import settings
 from minigrok.config import preset
 from minigrok.make_checkpoint import make_checkpoint
 
-# The default hypothesis profile keeps the whole run quick. `--hypothesis-profile=oracle-deep`
-# is the thorough local run: the oracle suite (tests/oracle) scales its examples by
-# max_examples / 100, i.e. 10x; tests with their own max_examples keep it.
+# The default run ("repeatable") draws the same hypothesis examples every time: a red CI is
+# then a change's doing, never a newly drawn case (those are found by exploring, below).
+# `--hypothesis-profile=explore` draws new examples on every run, as many as the default;
+# `--hypothesis-profile=oracle-deep` draws new ones too and is the thorough local run: the
+# oracle suite (tests/oracle) scales its examples by max_examples / 100, i.e. 10x; tests
+# with their own max_examples keep it.
+settings.register_profile("explore")
 settings.register_profile("oracle-deep", max_examples=1000, deadline=None)
+settings.register_profile("repeatable", derandomize=True)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture(scope="session")

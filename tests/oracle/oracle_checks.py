@@ -341,10 +341,20 @@ def check_moe(oracle, s: Shapes, x, weights, dtype):
 
 # ------------------------------------------------------------------------ decoder layer
 
-# float32: rounding noise of two float32 computations (measured ~1e-6). bfloat16: eight
-# roundings (u16) of the row's largest value: the attention and MoE paths above, each
-# normalised by a post norm before it joins the residual stream.
-LAYER_TOL = {"float32": 1e-5, "bfloat16": 8 * U16}
+def layer_tol(dtype, smax):
+    """[T]: how far the official layer's rows may be from minigrok's, as a share of the
+    row's largest value; smax [T], the largest |capped logit| of each row's query.
+
+    float32: rounding noise of two float32 computations (measured ~1e-6). bfloat16: the
+    attention's own bound (check_attention: six roundings, and 2 u16 max|s| through the
+    logits), which the post norm carries into the residual stream unchanged in relative
+    terms, plus eight roundings (u16) for the MoE path and the norms. A fixed 8 u16 was not
+    enough: with logits near the cap (max|s| 17, multiplier 1) the official bfloat16 layer
+    alone was 0.027 of the row away from its own float32 result.
+    """
+    if dtype == "float32":
+        return np.full(np.shape(smax), 1e-5)
+    return U16 * (6 + 2 * np.asarray(smax) + 8)
 
 
 @contextlib.contextmanager
@@ -389,17 +399,19 @@ def check_decoder_layer(oracle, s: Shapes, x, tokens, weights, dtype):
         slack = slack + U16 * (np.abs(calls[0]["x"]) @ np.abs(weights["router"])).max(-1)
     tie = near_ties(logits, slack)
     err_rows = rel_rows(official, ours)
-    tol = LAYER_TOL[dtype]
+    smax = np.abs(capped_scores(rms_norm(xin, params["rms_norm"]), params["multi_head_attention"],
+                                s)).max(axis=(1, 2))
+    tol = layer_tol(dtype, smax)
     flipped = 0
     for t in np.nonzero(tie & (err_rows > tol))[0]:
         alt = other_routing(ours[t], calls[0], t, params)
         alt_err = rel_rows(official[t:t + 1], alt[None])[0]
-        flipped += bool(alt_err <= tol)
+        flipped += bool(alt_err <= tol[t])
         err_rows[t] = min(err_rows[t], alt_err)
-    err = err_rows.max()
-    record(f"decoder_layer/{dtype}", err, tol, excluded=flipped, what="tokens routed the other way")
-    assert err <= tol, f"decoder layer differs by {err:.3g} of the row's largest value " \
-                       f"({dtype}) at tokens {np.nonzero(err_rows > tol)[0]}"
+    ratio = (err_rows / tol).max()
+    record(f"decoder_layer/{dtype}", ratio, 1.0, excluded=flipped, what="tokens routed the other way")
+    assert ratio <= 1, f"decoder layer differs by {ratio:.3g} x its bound ({dtype}) " \
+                       f"at tokens {np.nonzero(err_rows > tol)[0]}"
 
 
 def other_routing(h_out, call, t, params):
@@ -455,8 +467,11 @@ def check_top_p(oracle, logits, top_p):
 
 # Largest |official - minigrok| / max|official logit| per position. float32: rounding noise
 # of two float32 computations of 12-13 layers (measured below 1e-6). bfloat16: run.py's
-# precision against minigrok's float32, five bf16 roundings of the largest logit (u16 each).
-MODEL_TOL = {"float32": 1e-5, "bfloat16": 5 * U16}
+# precision against minigrok's float32, eight bf16 roundings of the largest logit (u16
+# each). Measured on 120 random sequences (tiny and gqa): mostly 0.006-0.007, a few
+# between 0.0128 and 0.0193, so the five roundings allowed before (0.0195) failed now
+# and then on a sequence nobody had drawn yet.
+MODEL_TOL = {"float32": 1e-5, "bfloat16": 8 * U16}
 # Router decisions the official code may legitimately take the other way: the 2nd and 3rd
 # router logits of a token within this fraction of its largest |router logit| (bf16 moves
 # a router logit by ~1e-3 of that, float32 by ~1e-7). Only a search bound: a flip is

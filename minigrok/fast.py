@@ -471,6 +471,11 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
 #   * the 8 row lanes of a block (threadIdx.y) take every 8th row of the block's row range,
 #     then add their sums in shared memory;
 #   * a row range never crosses a scale block, so the scale multiplies the range's sum once;
+#   * the int8 becomes float32 by a byte permute and a subtraction, not the conversion
+#     instruction (I2F), whose rate on Hopper (16 per clock per multiprocessor, ~4.2 T/s on
+#     an H200) is no higher than the memory's: with it the kernel read experts at 2.87 TB/s
+#     of the card's 4.2. (Chosen by that arithmetic, before a GPU ran it: the next GPU
+#     session's gpu_profile times both widenings.)
 #   * each block writes one partial row [n_out]; the last block of a column tile to finish
 #     adds the tile's partial rows, always in the same order. No float atomics: the sum is
 #     the same on every run, and one launch gives y. (With one thread adding a column's 96
@@ -516,10 +521,18 @@ __device__ void gemv(
         #pragma unroll 4
         for (int r = row0 + threadIdx.y; r < row0 + rows; r += LANES) {
             int4 packed = *reinterpret_cast<const int4*>(w + (size_t)r * n_out + col);
-            const signed char* q = reinterpret_cast<const signed char*>(&packed);
+            const unsigned int* quad = reinterpret_cast<const unsigned int*>(&packed);
             float wf[COLUMNS];                             // widened once for all tokens
+            // Not (float)q: Hopper converts integers to float at 16 per clock per
+            // multiprocessor, so for one token the conversions take as long as reading the
+            // bytes. Instead each byte plus 128 becomes the low mantissa byte of 2^23 (a
+            // byte permute, 4 times the rate), and 2^23 + 128 is subtracted: q, exactly.
             #pragma unroll
-            for (int j = 0; j < COLUMNS; j++) wf[j] = (float)q[j];
+            for (int j = 0; j < COLUMNS; j++) {
+                unsigned int biased = quad[j / 4] ^ 0x80808080u;     // each byte: q + 128
+                wf[j] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + j % 4))
+                        - 8388736.0f;
+            }
             #pragma unroll
             for (int t = 0; t < TOKENS; t++) {
                 float xr = x[t * n_in + r];

@@ -3,13 +3,13 @@
     python3 tests/gpu_profile.py CHECKPOINT          # needs CuPy and a GPU
 
 For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of layer 0 through
-fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and an experimental
-widening (MAGIC_SOURCE below); the host's cost of one small CuPy operation of each kind (the
-price of every launch in a decode step); one decode step through layer 0 by
-fast.decode_layer and by the teaching layer, whole and in parts (median of 20,
-synchronised); host-to-GPU copy rates of one expert matrix from the memory map and from
-pinned memory. Launch-bound shows as parts far slower than their bytes over the HBM rate,
-and as the op costs times the op count. A part that fails prints an "error" row.
+fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the conversion
+instruction its widening replaced (I2F_SOURCE below); the host's cost of one small CuPy
+operation of each kind (the price of every launch in a decode step); one decode step
+through layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median
+of 20, synchronised); host-to-GPU copy rates of one expert matrix from the memory map and
+from pinned memory. Launch-bound shows as parts far slower than their bytes over the HBM
+rate, and as the op costs times the op count. A part that fails prints an "error" row.
 """
 
 import json
@@ -135,26 +135,27 @@ def gemvs(m, hbm):
             section(gemv_rows_sweep, xin, qw, hbm)
 
 
-# An experiment for the next GPU session: int8 -> float32 without the I2F conversion, which
-# Hopper issues at 16 per clock per multiprocessor (a 201 MB expert is 201 M conversions,
-# ~48 us at 1.98 GHz on 132 multiprocessors: as long as reading it). Each byte plus 128 goes
-# into the low mantissa of 2^23 (a byte permute), and subtracting 2^23 + 128 leaves q
-# exactly, so the products and sums are the kernel's own, bit for bit.
-MAGIC_SOURCE = fast._GEMV_SOURCE.replace(
-    "for (int j = 0; j < COLUMNS; j++) wf[j] = (float)q[j];",
-    """for (int j = 0; j < COLUMNS; j++) {
-                unsigned int biased = reinterpret_cast<const unsigned int*>(&packed)[j / 4]
-                                      ^ 0x80808080u;                 // each byte: q + 128
+# The kernel's widening against the conversion instruction it replaced ((float)q, I2F, which
+# Hopper issues at 16 per clock per multiprocessor: a 201 MB expert is 201 M conversions,
+# ~48 us at 1.98 GHz on 132 multiprocessors, as long as reading it). Both give q exactly, so
+# the outputs must be equal bit for bit.
+I2F_SOURCE = fast._GEMV_SOURCE.replace(
+    """            #pragma unroll
+            for (int j = 0; j < COLUMNS; j++) {
+                unsigned int biased = quad[j / 4] ^ 0x80808080u;     // each byte: q + 128
                 wf[j] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + j % 4))
                         - 8388736.0f;
-            }""")
-assert MAGIC_SOURCE != fast._GEMV_SOURCE
+            }""",
+    """            const signed char* q = reinterpret_cast<const signed char*>(&packed);
+            #pragma unroll
+            for (int j = 0; j < COLUMNS; j++) wf[j] = (float)q[j];""")
+assert I2F_SOURCE != fast._GEMV_SOURCE
 
 
 def gemv_widen_variant(m, hbm):
-    """fast.int8_gemv against the same kernel with MAGIC_SOURCE's widening (equal outputs?)."""
+    """fast.int8_gemv (byte-permute widening) against the same kernel with I2F_SOURCE's."""
     layer = m.params["layers"][0]["moe"]
-    magic = cupy.RawKernel(MAGIC_SOURCE, "int8_gemv")
+    i2f = cupy.RawKernel(I2F_SOURCE, "int8_gemv")
     for name in ("linear", "linear_1"):
         qw = expert_weight(layer[name], 0)
         x = cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
@@ -165,10 +166,10 @@ def gemv_widen_variant(m, hbm):
         args = (x[0], qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
                 cupy.int32(qw.weight.shape[1]), cupy.int32(rows), cupy.int32(rows_per_scale))
         mine = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, block, args))
-        theirs = event_ms(lambda: magic(grid, block, args))
-        magic(grid, block, args)
-        emit(what="gemv_widen", matrix=name, i2f_gb_s=qw.weight.nbytes / mine / 1e6,
-             magic_gb_s=qw.weight.nbytes / theirs / 1e6, hbm_gb_s=hbm,
+        theirs = event_ms(lambda: i2f(grid, block, args))
+        i2f(grid, block, args)
+        emit(what="gemv_widen", matrix=name, magic_gb_s=qw.weight.nbytes / mine / 1e6,
+             i2f_gb_s=qw.weight.nbytes / theirs / 1e6, hbm_gb_s=hbm,
              equal=bool(cupy.array_equal(y, want)))
 
 

@@ -523,10 +523,8 @@ __device__ void gemv(
             int4 packed = *reinterpret_cast<const int4*>(w + (size_t)r * n_out + col);
             const unsigned int* quad = reinterpret_cast<const unsigned int*>(&packed);
             float wf[COLUMNS];                             // widened once for all tokens
-            // Not (float)q: Hopper converts integers to float at 16 per clock per
-            // multiprocessor, so for one token the conversions take as long as reading the
-            // bytes. Instead each byte plus 128 becomes the low mantissa byte of 2^23 (a
-            // byte permute, 4 times the rate), and 2^23 + 128 is subtracted: q, exactly.
+            // Not (float)q (see above): q + 128 goes into the low mantissa byte of 2^23,
+            // where float32 numbers lie 1 apart, and 2^23 + 128 comes off again: q, exactly.
             #pragma unroll
             for (int j = 0; j < COLUMNS; j++) {
                 unsigned int biased = quad[j / 4] ^ 0x80808080u;     // each byte: q + 128

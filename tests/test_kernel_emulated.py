@@ -24,18 +24,35 @@ from testutil import REPO
 CXX = shutil.which("g++") or shutil.which("clang++")
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
+def build_emulator(build, source: str):
+    """emulate_cuda.cpp around a GEMV kernel source, built in the folder ``build``."""
     if CXX is None:
         pytest.skip("no C++ compiler to build the CUDA emulator")
-    build = tmp_path_factory.mktemp("kernel")
-    (build / "kernel.cu").write_text(fast._GEMV_SOURCE)
+    (build / "kernel.cu").write_text(source)
     exe = build / "emulate_cuda"
     r = subprocess.run([CXX, "-std=c++20", "-O1", "-pthread", "-I", str(build), "-o", str(exe),
                         str(REPO / "tests" / "kernel" / "emulate_cuda.cpp")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return exe
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    return build_emulator(tmp_path_factory.mktemp("kernel"), fast._GEMV_SOURCE)
+
+
+def emulate(exe, io, x, w, scales, tokens):
+    """(y [tokens, n_out] float32, arrival counters) from one emulated launch."""
+    n_in, n_out = w.shape
+    grid, block, rows_per_block, rows_per_scale = fast.gemv_launch(n_in, n_out, scales.shape[0])
+    (io / "in").write_bytes(x.tobytes() + w.tobytes() + scales.tobytes())
+    r = subprocess.run([str(exe), *map(str, (*grid, *block, n_in, n_out, rows_per_block,
+                                             rows_per_scale, tokens)), io / "in", io / "out"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = np.fromfile(io / "out", dtype=np.float32)
+    return out[:tokens * n_out].reshape(tokens, n_out), out[tokens * n_out:].view(np.uint32)
 
 
 # Rows per scale block: 1 and 3 (one row per CUDA block), 12 and 40 (a few), 64, 256 and 320
@@ -54,22 +71,44 @@ def test_kernel_source_computes_x_times_dequantized_weight(emulator, tmp_path_fa
     x = rng.standard_normal((tokens, n_in)).astype(np.float32)
     w = rng.integers(-128, 128, (n_in, n_out), dtype=np.int8)     # -128 too: the widening's edge
     scales = quant.f32_to_bf16(rng.uniform(-2, 2, (blocks, n_out)).astype(np.float32))
-    grid, block, rows_per_block, rows_per_scale = fast.gemv_launch(n_in, n_out, blocks)
-    io = tmp_path_factory.mktemp("io")
-    (io / "in").write_bytes(x.tobytes() + w.tobytes() + scales.tobytes())
-    r = subprocess.run([str(emulator), *map(str, (*grid, *block, n_in, n_out, rows_per_block,
-                                                   rows_per_scale, tokens)), io / "in", io / "out"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    out = np.fromfile(io / "out", dtype=np.float32)
-    got = out[:tokens * n_out].reshape(tokens, n_out).astype(np.float64)
-    arrived = out[tokens * n_out:].view(np.uint32)
-    assert arrived.shape == (grid[0],) and not arrived.any()      # ready for the next launch
+    y, arrived = emulate(emulator, tmp_path_factory.mktemp("io"), x, w, scales, tokens)
+    got = y.astype(np.float64)
+    tiles = fast.gemv_launch(n_in, n_out, blocks)[0][0]
+    assert arrived.shape == (tiles,) and not arrived.any()        # ready for the next launch
     dense = (w.astype(np.float64).reshape(blocks, rows, n_out)
              * quant.bf16_to_f32(scales).astype(np.float64)[:, None, :]).reshape(n_in, n_out)
     ref = x.astype(np.float64) @ dense
     bound = np.abs(x).astype(np.float64) @ np.abs(dense)
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30)
+
+
+def test_gpu_profile_widening_comparison_still_applies(emulator, tmp_path_factory):
+    """tests/gpu_profile.py times the kernel against its own source with the conversion
+    instruction's widening put back (I2F_SOURCE, made by a text replacement that must still
+    find its text). Both widenings give q exactly, so the outputs are equal bit for bit."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.spec_from_file_location("gpu_profile", REPO / "tests" / "gpu_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = types.ModuleType("cupy")      # the profile only imports it here
+    try:
+        spec.loader.exec_module(profile)
+    finally:
+        if saved is None:
+            del sys.modules["cupy"]
+        else:
+            sys.modules["cupy"] = saved
+    i2f = build_emulator(tmp_path_factory.mktemp("i2f"), profile.I2F_SOURCE)
+    rng = np.random.default_rng(3)
+    w = np.arange(-128, 128, dtype=np.int16).astype(np.int8).reshape(64, 4).repeat(8, axis=1)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    scales = quant.f32_to_bf16(rng.uniform(-2, 2, (8, 32)).astype(np.float32))
+    ours = emulate(emulator, tmp_path_factory.mktemp("io"), x, w, scales, 1)[0]
+    theirs = emulate(i2f, tmp_path_factory.mktemp("io"), x, w, scales, 1)[0]
+    assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
 
 
 # -- the decode kernels (fast._DECODE_SOURCE), through tests/kernel/emulate_decode.cpp ----------

@@ -92,8 +92,10 @@ def test_gpu_profile_widening_comparison_still_applies(emulator, tmp_path_factor
 
     spec = importlib.util.spec_from_file_location("gpu_profile", REPO / "tests" / "gpu_profile.py")
     profile = importlib.util.module_from_spec(spec)
+    # A stand-in for the profile's `import cupy` alone (patch.dict would also drop every
+    # module first imported meanwhile, minigrok's included).
     saved = sys.modules.get("cupy")
-    sys.modules["cupy"] = types.ModuleType("cupy")      # the profile only imports it here
+    sys.modules["cupy"] = types.ModuleType("cupy")
     try:
         spec.loader.exec_module(profile)
     finally:

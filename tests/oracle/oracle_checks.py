@@ -349,7 +349,7 @@ def layer_tol(dtype, smax):
     attention's own bound (check_attention: six roundings, and 2 u16 max|s| through the
     logits), which the post norm carries into the residual stream unchanged in relative
     terms, plus eight roundings (u16) for the MoE path and the norms. A fixed 8 u16 was not
-    enough: with logits near the cap (max|s| 17, multiplier 1) the official bfloat16 layer
+    enough: with large logits (max|s| 17, multiplier 1) the official bfloat16 layer
     alone was 0.027 of the row away from its own float32 result.
     """
     if dtype == "float32":

@@ -7,7 +7,8 @@ fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the
 instruction its widening replaced (I2F_SOURCE below); the host's cost of one small CuPy
 operation of each kind (the price of every launch in a decode step); one decode step
 through layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median
-of 20, synchronised); host-to-GPU copy rates of one expert matrix from the memory map and
+of 20, synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside
+the GPU's time for it; host-to-GPU copy rates of one expert matrix from the memory map and
 from pinned memory. Launch-bound shows as parts far slower than their bytes over the HBM
 rate, and as the op costs times the op count. A part that fails prints an "error" row.
 """
@@ -65,6 +66,20 @@ def per_op_us(fn, n=2000):
         fn()
     cupy.cuda.Device().synchronize()
     return (time.perf_counter() - t) / n * 1e6
+
+
+def enqueue_us(fn, n=5):
+    """Host microseconds per call to queue fn's GPU work, with no synchronisation until the
+    end and too few calls to fill the launch queue. Set beside the GPU's own time per call
+    (event_ms), it tells a host-bound step (enqueue longer) from a GPU-bound one."""
+    fn()
+    cupy.cuda.Device().synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    us = (time.perf_counter() - t) / n * 1e6
+    cupy.cuda.Device().synchronize()
+    return us
 
 
 def emit(**row):
@@ -130,7 +145,8 @@ def gemvs(m, hbm):
         ms = event_ms(lambda: fast.int8_gemv(xin, qw.weight, qw.scales))
         emit(what="gemv", matrix=name, shape=list(qw.weight.shape), ms=ms,
              gb_s=qw.weight.nbytes / ms / 1e6, efficiency=qw.weight.nbytes / ms / 1e6 / hbm,
-             host_us=per_op_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales), 200))
+             host_us=per_op_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales), 200),
+             enqueue_us=enqueue_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales)))
         if name.startswith("expert0"):
             section(gemv_rows_sweep, xin, qw, hbm)
 
@@ -219,7 +235,7 @@ def layer_step(m, hbm):
     emit(what="layer_decode", ms=fused, teaching_ms=teaching, floor_ms=active / hbm / 1e6,
          efficiency=active / hbm / 1e6 / fused, teaching_efficiency=active / hbm / 1e6 / teaching,
          step_gpu_ms=event_ms(step), teaching_gpu_ms=event_ms(lambda: step({})),
-         host_us=per_op_us(step, 50),
+         host_us=per_op_us(step, 50), enqueue_us=enqueue_us(step),
          rms_norm_ms=wall_ms(lambda: rms_norm(h, layer["rms_norm"])),
          attention_ms=wall_ms(attend),
          moe_ms=wall_ms(lambda: moe(xn, layer["router"], **experts,

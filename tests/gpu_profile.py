@@ -1,6 +1,8 @@
 """Where one decoded token's time goes on a GPU: run by tests/gpu_check.sh, prints JSON lines.
 
     python3 tests/gpu_profile.py CHECKPOINT          # needs CuPy and a GPU
+    PYTHONPATH=tests/simcupy:. python3 tests/gpu_profile.py CHECKPOINT   # a dry run (~15 s on
+        # tiny) against the simulated CuPy: every part but op_costs runs, timings mean nothing
 
 For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of layer 0 through
 fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the conversion
@@ -177,9 +179,9 @@ def gemv_widen_variant(m, hbm):
         x = cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
         want = fast.int8_gemv(x, qw.weight, qw.scales)
         grid, block, rows, rows_per_scale = fast.gemv_launch(*qw.weight.shape, qw.scales.shape[0])
-        partial = cupy.empty((grid[1], qw.weight.shape[1]), dtype=cupy.float32)
+        partial = cupy.empty((grid[1], 1, qw.weight.shape[1]), dtype=cupy.float32)
         y = cupy.empty_like(want)
-        args = (x[0], qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
+        args = (x, qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
                 cupy.int32(qw.weight.shape[1]), cupy.int32(rows), cupy.int32(rows_per_scale))
         mine = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, block, args))
         theirs = event_ms(lambda: i2f(grid, block, args))
@@ -199,9 +201,9 @@ def gemv_rows_sweep(x, qw, hbm):
         if rows_per_scale % rows:
             continue
         grid = (-(-n_out // 512), n_in // rows)
-        partial = cupy.empty((grid[1], n_out), dtype=cupy.float32)
+        partial = cupy.empty((grid[1], 1, n_out), dtype=cupy.float32)
         y = cupy.empty((1, n_out), dtype=cupy.float32)
-        args = (x[0], qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
+        args = (x, qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
                 cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale))
         ms = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, (32, 8), args))
         row[f"rows{rows}_gb_s"] = qw.weight.nbytes / ms / 1e6

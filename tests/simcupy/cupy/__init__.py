@@ -158,6 +158,9 @@ class Device:
     def mem_info(self):
         return 80 * 2**30, 80 * 2**30
 
+    def synchronize(self):
+        pass
+
 
 class Stream:
     ptr = 0

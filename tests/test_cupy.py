@@ -49,7 +49,7 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
     # counts around the 512-column tile, are where an indexing slip would show
     rng = np.random.default_rng(seed)
     n_in = blocks * rows
-    w = rng.integers(-127, 128, (n_in, n_out), dtype=np.int8)
+    w = rng.integers(-128, 128, (n_in, n_out), dtype=np.int8)   # -128: the widening's edge
     scales = quant.f32_to_bf16(rng.uniform(-2, 2, (blocks, n_out)).astype(np.float32))
     x = rng.standard_normal((1, n_in)).astype(np.float32)
     dense = (w.astype(np.float64).reshape(blocks, rows, n_out)

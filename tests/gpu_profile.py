@@ -7,12 +7,13 @@
 For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of layer 0 through
 fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the conversion
 instruction its widening replaced (I2F_SOURCE below); the host's cost of one small CuPy
-operation of each kind (the price of every launch in a decode step); one decode step
-through layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median
-of 20, synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside
-the GPU's time for it; host-to-GPU copy rates of one expert matrix from the memory map and
-from pinned memory. Launch-bound shows as parts far slower than their bytes over the HBM
-rate, and as the op costs times the op count. A part that fails prints an "error" row.
+operation of each kind (the price of every launch in a decode step); one decode step through
+layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median of 20,
+synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside the
+GPU's time for it; the decode attention kernel at cache lengths 16 to 8192; host-to-GPU copy
+rates of one expert matrix from the memory map and from pinned memory. Launch-bound shows as
+parts far slower than their bytes over the HBM rate, and as the op costs times the op count.
+A part that fails prints an "error" row.
 """
 
 import json
@@ -113,6 +114,7 @@ def main(checkpoint):
     section(gemvs, m, hbm)
     section(gemv_widen_variant, m, hbm)
     section(layer_step, m, hbm)
+    section(attention_lengths, m, hbm)
     section(prefill_products, m, hbm)
     section(host_copies, m)
     emit(what="done")
@@ -245,6 +247,26 @@ def layer_step(m, hbm):
          route_ms=wall_ms(lambda: route(xn, layer["router"], cfg.num_selected_experts)),
          expert_ms=wall_ms(lambda: expert(xn, *(expert_weight(experts[n], e) for n in
                                                ("linear", "linear_v", "linear_1")))))
+
+
+def attention_lengths(m, hbm):
+    """fast.decode_layer's attention kernel alone for one new token at cache lengths 16 to
+    8192 (random cache, no pads): where decoding a long context starts to cost more than the
+    layer's 1.3 GB of weights. cache_gb: the keys and values it must read."""
+    cfg = m.config
+    H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
+    for S in (16, 1024, 4096, 8192):
+        cache_k, cache_v = (cupy.random.standard_normal((S, K, d), dtype=cupy.float32)
+                            for _ in range(2))
+        keep = cupy.ones(S, dtype=bool)
+        q = cupy.random.standard_normal(H * d, dtype=cupy.float32)
+        out = cupy.empty_like(q)
+        kernel = fast._decode_kernel("attention_decode")
+        ms = event_ms(lambda: kernel((H,), (128,), (
+            q, cache_k, cache_v, keep, out, cupy.int32(S), cupy.int32(K), cupy.int32(H // K),
+            cupy.int32(d), cupy.float32(cfg.attn_output_multiplier)), shared_mem=(32 + S) * 4))
+        emit(what="attention_decode", cache_len=S, ms=ms,
+             cache_gb=2 * cache_k.nbytes / 1e9, gb_s=2 * cache_k.nbytes / ms / 1e6, hbm_gb_s=hbm)
 
 
 def prefill_products(m, hbm):

@@ -40,6 +40,7 @@ import time
 import _common as C
 import numpy as np
 from minigrok import fast, quant
+from minigrok.attention import context
 from minigrok.placement import layer_bytes, plan, reserve_bytes
 
 args = C.setup(15, "fast paths, on a CPU and on a GPU")
@@ -222,12 +223,51 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 #
 # `decode_layer` (in `minigrok/fast.py`) is the teaching layer rewritten as a few kernels:
 # one RMSNorm per launch, RoPE and the cache write in one, attention for the new token in
-# one (one block per query head, scores in shared memory), the router's softmax and top-2
+# two (`fast.attend`, next section), the router's softmax and top-2
 # in one, the expert products by `int8_gemv_routed`, which reads the chosen expert's index
 # in GPU memory so that the host never waits for the router. Each kernel is the teaching
 # formula in the teaching order, compiled without fused multiply-adds, and
 # `tests/test_cupy.py` holds the layer to `decoder_layer` on random layers, positions and
 # padding. What is left is mostly the expert products: six 201 MB reads at ~2.7 TB/s.
+
+# %% [markdown]
+# ## Attention over a long cache, in parts: `fast.attend`
+# A new token's attention reads the whole KV cache: 67 MB per layer at 8192 cached tokens on
+# Grok-1, a fifth of what its weights take to read. To read it at the memory's speed, many
+# blocks must read at once, and each cache row should be read once, not once for each of
+# the 6 query heads that share its kv head. So `fast.attend` gives each GPU block one kv head
+# and a chunk of `fast.ATTENTION_CHUNK` rows (8 kv heads x 64 chunks = 512 blocks for 8192
+# rows); a block does the whole softmax and weighted sum over its own chunk and keeps its
+# scores' maximum m_c and sum of exponentials l_c. A second kernel then adds the chunks'
+# answers, each weighted by its share of the whole softmax, l_c exp(m_c - m) / sum over the
+# chunks of the same (m: the largest m_c). That is exact algebra, not an approximation; in
+# numpy, for one query head:
+
+# %%
+rng = np.random.default_rng(0)
+S, d, chunk = 1000, 128, 128
+q_head = rng.standard_normal((1, 1, 1, d)).astype(np.float32)
+k, v = (rng.standard_normal((S, 1, d)).astype(np.float32) for _ in range(2))
+keep = rng.random(S) < 0.9                                       # some padding
+whole = context(q_head, k, v, keep, S - 1, d**-0.5).ravel()   # the teaching attention
+
+parts, tops, sums = [], [], []
+for c0 in range(0, S, chunk):                                  # what each block does
+    s = 30 * np.tanh((k[c0:c0 + chunk, 0] @ q_head.ravel()) * d**-0.5 / 30)
+    s = np.where(keep[c0:c0 + chunk], s, np.float32(-1e30))
+    e = np.exp(s - s.max())
+    parts.append(e / e.sum() @ v[c0:c0 + chunk, 0])
+    tops.append(s.max())
+    sums.append(e.sum())
+share = np.array(sums) * np.exp(np.array(tops) - max(tops))   # attention_combine
+in_parts = (share / share.sum()) @ np.array(parts)
+C.peek("the teaching attention", whole)
+C.peek(f"in {len(parts)} chunks, combined", in_parts)
+assert np.abs(in_parts - whole).max() <= 1e-5 * np.abs(whole).max()
+
+# %% [markdown]
+# Where the cache is short (up to one chunk) there is one block per kv head and no second
+# kernel: the block's own answer is the answer.
 
 # %% [markdown]
 # ## On the real model: where 64 layers go

@@ -747,28 +747,34 @@ def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
 # it there), so for resident layers the host never waits and queues the next layer while
 # the GPU still reads this one's experts. tests/test_cupy.py holds it to decoder_layer.
 
-DECODE_POSITIONS = 12000     # cache rows attention_decode holds in shared memory (48 KB)
+# Cache rows per attention_part block. Short enough that a long cache gives every
+# multiprocessor several blocks (8192 rows, 8 kv heads: 512 blocks on an H200's 132), long
+# enough that a short one is one block per kv head and needs no attention_combine.
+ATTENTION_CHUNK = 128
+SHARED_FLOATS = 12288        # the 48 KB of shared memory a block gets without asking
 
 _DECODE_SOURCE = r"""
 #define NEG_INF __int_as_float(0xff800000)
 
-// Sum (or max) over the block, whose size is a multiple of 32; every thread gets the result.
-// red: 32 floats of shared memory.
-__device__ float block_reduce(float v, float* red, bool is_max) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float other = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_max ? fmaxf(v, other) : v + other;
-    }
-    __syncthreads();                                   // red may be in use by the last call
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-    __syncthreads();
-    int lane = threadIdx.x % 32;
-    v = lane < blockDim.x / 32 ? red[lane] : (is_max ? NEG_INF : 0.0f);
+// Sum (or max) over a warp's 32 lanes, by halves; every lane gets the result.
+__device__ float warp_reduce(float v, bool is_max) {
     for (int o = 16; o > 0; o >>= 1) {
         float other = __shfl_xor_sync(0xffffffffu, v, o);
         v = is_max ? fmaxf(v, other) : v + other;
     }
     return v;
+}
+
+// Sum (or max) over the block, whose size is a multiple of 32; every thread gets the result.
+// red: 32 floats of shared memory.
+__device__ float block_reduce(float v, float* red, bool is_max) {
+    v = warp_reduce(v, is_max);
+    __syncthreads();                                   // red may be in use by the last call
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    int lane = threadIdx.x % 32;
+    v = lane < blockDim.x / 32 ? red[lane] : (is_max ? NEG_INF : 0.0f);
+    return warp_reduce(v, is_max);
 }
 
 // rmsnorm.rms_norm of one row, plus `residual` when has_residual (layer.py's h + norm(a)).
@@ -806,49 +812,93 @@ extern "C" __global__ void rope_and_cache(
     dst[f + half] = x2 * c + x1 * s;
 }
 
-// attention.attention_weights and the weighted sum of values for one query head per block
-// over cache rows 0..S-1: q.k * multiplier, 30 tanh(s / 30), padding keys at -1e30, softmax,
-// then probabilities @ values. Scores live in shared memory: [32 reduction slots, S].
-extern "C" __global__ void attention_decode(
+// attention.attention_weights and the weighted sum of values for the token's H = K G query
+// heads over cache rows 0..S-1, in two steps. A long cache must be read by many blocks at
+// once to be read at the memory's speed, and each row should be read once, not once for each
+// of the G query heads that share its kv head. So block b takes kv head b / P with its G
+// query heads and rows [c0, c0 + chunk), c0 = (b % P) chunk, P = ceil(S / chunk) blocks per kv
+// head: q.k * multiplier, 30 tanh(s / 30), padding keys at -1e30, a softmax over its own rows,
+// and those probabilities @ values. That is the answer where P is 1. Otherwise the block also
+// leaves its scores' maximum and sum of exponentials, and attention_combine weights the P
+// parts: part c counts exp(max_c - max) sum_c / (the same summed over the parts), which is
+// exactly the share of the probability its rows get from a softmax over all S rows.
+// part: [P, H, d]; part_max, part_sum: [P, H]. Scores live in shared memory: [G, chunk].
+extern "C" __global__ void attention_part(
         const float* q_rot, const float* cache_k, const float* cache_v, const bool* cache_keep,
-        float* out, int S, int K, int G, int d, float multiplier) {
+        float* part, float* part_max, float* part_sum, int S, int K, int G, int d, int chunk,
+        float multiplier) {
     extern __shared__ float shared[];
-    float* red = shared;
-    float* p = shared + 32;
-    int h = blockIdx.x, kv = h / G;                   // query head h reads kv head h / G
+    int P = (S + chunk - 1) / chunk, H = K * G;
+    int kv = blockIdx.x / P, c = blockIdx.x % P, c0 = c * chunk, n = min(chunk, S - c0);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    const float* qh = q_rot + (size_t)h * d;
-    // Both loops are unrolled so that several cache rows can be in flight at once: one row
-    // at a time, a long cache is read at the memory's latency, not its bandwidth. The
-    // arithmetic and its order are unchanged.
+    const float* q = q_rot + (size_t)kv * G * d;       // the kv head's G query heads
+    // A warp per key, against each of the G queries in turn. The key loop is unrolled so that
+    // several rows are in flight at once: one at a time, the cache would be read at the
+    // memory's latency, not its bandwidth.
     #pragma unroll 4
-    for (int j = warp; j < S; j += warps) {           // a warp per key
-        const float* kj = cache_k + ((size_t)j * K + kv) * d;
-        float dot = 0.0f;
-        for (int e = lane; e < d; e += 32) dot += qh[e] * kj[e];
-        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (lane == 0) {
+    for (int j = warp; j < n; j += warps) {
+        const float* kj = cache_k + ((size_t)(c0 + j) * K + kv) * d;
+        bool kept = cache_keep[c0 + j];
+        for (int g = 0; g < G; g++) {
+            float dot = 0.0f;
+            for (int e = lane; e < d; e += 32) dot += q[g * d + e] * kj[e];
+            dot = warp_reduce(dot, false);
             float s = dot * multiplier;
             s = 30.0f * tanhf(s / 30.0f);
-            p[j] = cache_keep[j] ? s : -1e30f;
+            if (lane == 0) shared[g * chunk + j] = kept ? s : -1e30f;
         }
     }
     __syncthreads();
-    float top = NEG_INF;
-    for (int j = threadIdx.x; j < S; j += blockDim.x) top = fmaxf(top, p[j]);
-    top = block_reduce(top, red, true);
-    float total = 0.0f;
-    for (int j = threadIdx.x; j < S; j += blockDim.x) {
-        p[j] = expf(p[j] - top);
-        total += p[j];
+    for (int g = warp; g < G; g += warps) {            // a warp per query head: the softmax
+        float* p = shared + g * chunk;
+        float top = NEG_INF, total = 0.0f;
+        for (int j = lane; j < n; j += 32) top = fmaxf(top, p[j]);
+        top = warp_reduce(top, true);
+        for (int j = lane; j < n; j += 32) {
+            p[j] = expf(p[j] - top);
+            total += p[j];
+        }
+        total = warp_reduce(total, false);
+        for (int j = lane; j < n; j += 32) p[j] = p[j] / total;
+        if (lane == 0) {
+            part_max[c * H + kv * G + g] = top;
+            part_sum[c * H + kv * G + g] = total;
+        }
     }
-    total = block_reduce(total, red, false);
-    for (int j = threadIdx.x; j < S; j += blockDim.x) p[j] = p[j] / total;
     __syncthreads();
+    // A thread per feature e, eight query heads at a time: each value row is read once for
+    // them all, the rows in order (and unrolled, as the keys are).
+    for (int e = threadIdx.x; e < d; e += blockDim.x)
+        for (int g0 = 0; g0 < G; g0 += 8) {
+            int m = min(8, G - g0);
+            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            #pragma unroll 8
+            for (int j = 0; j < n; j++) {
+                float v = cache_v[((size_t)(c0 + j) * K + kv) * d + e];
+                #pragma unroll                         // (acc stays in registers)
+                for (int g = 0; g < 8; g++)
+                    if (g < m) acc[g] += shared[(g0 + g) * chunk + j] * v;
+            }
+            #pragma unroll
+            for (int g = 0; g < 8; g++)
+                if (g < m) part[((size_t)c * H + kv * G + g0 + g) * d + e] = acc[g];
+        }
+}
+
+// The P parts of attention_part into out [H, d]: a block per query head.
+extern "C" __global__ void attention_combine(const float* part, const float* part_max,
+                                             const float* part_sum, float* out, int P, int H,
+                                             int d) {
+    int h = blockIdx.x;
+    float top = NEG_INF, total = 0.0f;
+    for (int c = 0; c < P; c++) top = fmaxf(top, part_max[c * H + h]);
+    for (int c = 0; c < P; c++) total += part_sum[c * H + h] * expf(part_max[c * H + h] - top);
     for (int e = threadIdx.x; e < d; e += blockDim.x) {
         float acc = 0.0f;
-        #pragma unroll 8
-        for (int j = 0; j < S; j++) acc += p[j] * cache_v[((size_t)j * K + kv) * d + e];
+        for (int c = 0; c < P; c++) {
+            float share = part_sum[c * H + h] * expf(part_max[c * H + h] - top) / total;
+            acc += share * part[((size_t)c * H + h) * d + e];
+        }
         out[(size_t)h * d + e] = acc;
     }
 }
@@ -907,7 +957,7 @@ def _decode_kernel(name: str):
 def decode_fits(h, cache, offset: int, cfg) -> bool:
     """Whether decode_layer takes this step: one token on a GPU, with a cache it can hold."""
     return array_module(h) is not np and h.shape[0] == 1 and cache is not None and \
-        offset < DECODE_POSITIONS and cfg.num_experts <= 64
+        cfg.num_q_heads // cfg.num_kv_heads <= SHARED_FLOATS and cfg.num_experts <= 64
 
 
 def _elementwise(name: str, n: int, *args):
@@ -924,6 +974,32 @@ def _rms_norm(x, scale, residual=None):
     _decode_kernel("rms_norm")((1,), (1024,), (
         x, cupy.asarray(scale, dtype=cupy.float32), x if residual is None else residual,
         cupy.int32(residual is not None), out, cupy.int32(x.shape[-1]), cupy.float32(EPS)))
+    return out
+
+
+def attend(q_rot, cache_k, cache_v, cache_keep, S: int, cfg):
+    """attention.context for one token on a GPU: attention_part over blocks of
+    ATTENTION_CHUNK cache rows, then attention_combine where there are several blocks.
+
+    q_rot: [1, H*d] float32, rotated; cache_k, cache_v: [>= S, K, d]; cache_keep: [>= S]
+    bool; S: the rows to attend to -> [1, H*d] float32.
+    """
+    import cupy
+
+    H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
+    G = H // K
+    chunk = min(ATTENTION_CHUNK, SHARED_FLOATS // G)
+    P = -(-S // chunk)                                 # blocks per kv head
+    out = cupy.empty((1, H * d), dtype=cupy.float32)
+    part = out if P == 1 else cupy.empty((P, H, d), dtype=cupy.float32)
+    part_max, part_sum = (cupy.empty((P, H), dtype=cupy.float32) for _ in range(2))
+    _decode_kernel("attention_part")((K * P,), (128,), (
+        q_rot, cache_k, cache_v, cache_keep, part, part_max, part_sum, cupy.int32(S),
+        cupy.int32(K), cupy.int32(G), cupy.int32(d), cupy.int32(chunk),
+        cupy.float32(cfg.attn_output_multiplier)), shared_mem=G * chunk * 4)
+    if P > 1:
+        _decode_kernel("attention_combine")((H,), (128,), (
+            part, part_max, part_sum, out, cupy.int32(P), cupy.int32(H), cupy.int32(d)))
     return out
 
 
@@ -945,14 +1021,11 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     x = _rms_norm(h, layer["rms_norm"])
     q, k, v = (quant.matmul(x, att[name]) for name in ("query", "key", "value"))  # [1, H*d] ...
     cache_k, cache_v, cache_keep = layer_cache(cache, index, cupy)
-    q_rot, context = cupy.empty_like(q), cupy.empty_like(q)
+    q_rot = cupy.empty_like(q)
     _decode_kernel("rope_and_cache")((-(-max((H + K) * d // 2, K * d) // 256),), (256,), (
         q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, cupy.int32(offset), cupy.int32(H),
         cupy.int32(K), cupy.int32(d), cupy.float32(BASE)))
-    _decode_kernel("attention_decode")((H,), (128,), (
-        q_rot, cache_k, cache_v, cache_keep, context, cupy.int32(S), cupy.int32(K),
-        cupy.int32(H // K), cupy.int32(d), cupy.float32(cfg.attn_output_multiplier)),
-        shared_mem=(32 + S) * 4)
+    context = attend(q_rot, cache_k, cache_v, cache_keep, S, cfg)                 # [1, H*d]
     h = _rms_norm(quant.matmul(context, att["linear"]), layer["rms_norm_1"], residual=h)
     x = _rms_norm(h, layer["rms_norm_2"])
 

@@ -250,23 +250,27 @@ def layer_step(m, hbm):
 
 
 def attention_lengths(m, hbm):
-    """fast.decode_layer's attention kernel alone for one new token at cache lengths 16 to
-    8192 (random cache, no pads): where decoding a long context starts to cost more than the
-    layer's 1.3 GB of weights. cache_gb: the keys and values it must read."""
+    """fast.decode_layer's attention (fast.attend) alone for one new token at cache lengths 16
+    to 8192 (random cache, no pads), with its blocks of ATTENTION_CHUNK rows and with other
+    sizes: where decoding a long context starts to cost more than the layer's 1.3 GB of
+    weights, and which chunk to keep. cache_gb: the keys and values it must read."""
     cfg = m.config
     H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
+    kept = fast.ATTENTION_CHUNK
     for S in (16, 1024, 4096, 8192):
         cache_k, cache_v = (cupy.random.standard_normal((S, K, d), dtype=cupy.float32)
                             for _ in range(2))
         keep = cupy.ones(S, dtype=bool)
-        q = cupy.random.standard_normal(H * d, dtype=cupy.float32)
-        out = cupy.empty_like(q)
-        kernel = fast._decode_kernel("attention_decode")
-        ms = event_ms(lambda: kernel((H,), (128,), (
-            q, cache_k, cache_v, keep, out, cupy.int32(S), cupy.int32(K), cupy.int32(H // K),
-            cupy.int32(d), cupy.float32(cfg.attn_output_multiplier)), shared_mem=(32 + S) * 4))
-        emit(what="attention_decode", cache_len=S, ms=ms,
-             cache_gb=2 * cache_k.nbytes / 1e9, gb_s=2 * cache_k.nbytes / ms / 1e6, hbm_gb_s=hbm)
+        q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
+        for chunk in sorted({kept, 32, 64, 256, 1024}):
+            fast.ATTENTION_CHUNK = chunk
+            try:
+                ms = event_ms(lambda: fast.attend(q, cache_k, cache_v, keep, S, cfg))
+            finally:
+                fast.ATTENTION_CHUNK = kept
+            emit(what="attention_decode", cache_len=S, chunk=chunk, current=chunk == kept, ms=ms,
+                 cache_gb=2 * cache_k.nbytes / 1e9, gb_s=2 * cache_k.nbytes / ms / 1e6,
+                 hbm_gb_s=hbm)
 
 
 def prefill_products(m, hbm):

@@ -112,6 +112,29 @@ def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
                            atol=1e-6)
 
 
+@settings(max_examples=10, deadline=None)
+@given(S=st.integers(1, 3000), kept=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_decode_attention_over_a_long_cache(S, kept, seed):
+    # Grok-1's heads over up to 3000 cached rows: many blocks of fast.ATTENTION_CHUNK rows
+    # and their combination; some padding (whole blocks of it when kept is 0.01) or all of
+    # it. Rows past S hold NaN: attend must not read them.
+    from minigrok.attention import context
+
+    cfg = preset("grok-1")
+    H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((1, H * d)).astype(np.float32) * 3
+    k, v = (rng.standard_normal((S + 3, K, d)).astype(np.float32) for _ in range(2))
+    keep = np.append(rng.random(S) < kept, [True] * 3)
+    k[S:], v[S:] = np.nan, np.nan
+    got = fast.attend(*map(cupy.asarray, (q, k, v, keep)), S, cfg).get()
+    want = context(q.reshape(1, K, H // K, d), k[:S], v[:S], keep[:S], S - 1,
+                   cfg.attn_output_multiplier).reshape(1, H * d)
+    assert got.shape == (1, H * d) and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
 # -- the memory plan: streamed layers, several GPUs ----------------------------------------------
 
 def test_streamed_layers_compute_what_resident_ones_do(tiny_dir, monkeypatch):

@@ -189,19 +189,29 @@ def test_rope_and_cache_kernel(decode, K, G, d, pos, seed):
 
 
 @settings(max_examples=12, deadline=None)
-@given(K=st.sampled_from([1, 2, 8]), G=st.sampled_from([1, 3, 6]), d=st.sampled_from([4, 32, 128]),
-       keep=st.lists(st.booleans(), min_size=1, max_size=70), seed=st.integers(0, 2**32 - 1))
-def test_attention_decode_kernel(decode, K, G, d, keep, seed):
-    # keep all False: every key padding, the official uniform average over all of them
+@given(K=st.sampled_from([1, 2, 8]), G=st.sampled_from([1, 3, 6, 9]),
+       d=st.sampled_from([4, 32, 128]), keep=st.lists(st.booleans(), min_size=1, max_size=70),
+       parts=st.integers(1, 8), block=st.sampled_from([32, 128]), seed=st.integers(0, 2**32 - 1))
+def test_attention_kernels(decode, K, G, d, keep, parts, block, seed):
+    # Launched as fast.attend launches them, with the rows in about `parts` chunks: one
+    # block per kv head (no combine), or several. keep all False: every key padding, the
+    # official uniform average over all of them; a chunk all padding among kept ones must
+    # count for nothing.
     rng = np.random.default_rng(seed)
     H, S = K * G, len(keep)
+    chunk = -(-S // parts)
+    P = -(-S // chunk)
     q = rng.standard_normal((H, d)).astype(np.float32) * 3
     cache_k, cache_v = (rng.standard_normal((S, K, d)).astype(np.float32) for _ in range(2))
     keep = np.array(keep)
     out = np.full(H * d, np.nan, dtype=np.float32)
+    part = out if P == 1 else np.full((P, H, d), np.nan, dtype=np.float32)
+    part_max, part_sum = (np.full((P, H), np.nan, dtype=np.float32) for _ in range(2))
     multiplier = 1 / np.sqrt(d)
-    run(decode, "attention_decode", H, 128, ctypes.c_size_t((32 + S) * 4), q, cache_k, cache_v,
-        keep, out, S, K, G, d, float(multiplier))
+    run(decode, "attention_part", K * P, block, ctypes.c_size_t(G * chunk * 4), q, cache_k,
+        cache_v, keep, part, part_max, part_sum, S, K, G, d, chunk, float(multiplier))
+    if P > 1:
+        run(decode, "attention_combine", H, block, part, part_max, part_sum, out, P, H, d)
     probs = attention_weights(q.reshape(1, K, G, d), cache_k, keep, S - 1, multiplier)
     want = np.einsum("kgts,skd->tkgd", probs, cache_v).ravel()
     assert close(out, want)

@@ -6,6 +6,7 @@
 //
 // The test writes decode.cu with `extern __shared__ float shared[];` turned into a pointer
 // to this block's dynamic shared memory (C++ has no such declaration).
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <math.h>
@@ -33,6 +34,7 @@ inline float __shfl_xor_sync(unsigned, float v, int offset) {
     warp_barriers[warp]->arrive_and_wait();
     return other;
 }
+using std::min;                                     // CUDA's integer min
 #define __global__
 #define __device__
 // Static shared memory becomes a function-static array: one copy that all threads of a block
@@ -72,12 +74,18 @@ void run_rope_and_cache(int grid, int block, const float* q, const float* k, con
         rope_and_cache(q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, pos, H, K, d, base);
     });
 }
-void run_attention_decode(int grid, int block, size_t shared_bytes, const float* q_rot,
-                          const float* cache_k, const float* cache_v, const bool* cache_keep,
-                          float* out, int S, int K, int G, int d, float multiplier) {
+void run_attention_part(int grid, int block, size_t shared_bytes, const float* q_rot,
+                        const float* cache_k, const float* cache_v, const bool* cache_keep,
+                        float* part, float* part_max, float* part_sum, int S, int K, int G,
+                        int d, int chunk, float multiplier) {
     launch(grid, block, shared_bytes, [&] {
-        attention_decode(q_rot, cache_k, cache_v, cache_keep, out, S, K, G, d, multiplier);
+        attention_part(q_rot, cache_k, cache_v, cache_keep, part, part_max, part_sum, S, K, G,
+                       d, chunk, multiplier);
     });
+}
+void run_attention_combine(int grid, int block, const float* part, const float* part_max,
+                           const float* part_sum, float* out, int P, int H, int d) {
+    launch(grid, block, 0, [&] { attention_combine(part, part_max, part_sum, out, P, H, d); });
 }
 void run_route_top_k(const float* logits, float* probs, int* ids, float* gates, int E, int k) {
     launch(1, 1, 0, [&] { route_top_k(logits, probs, ids, gates, E, k); });

@@ -262,15 +262,28 @@ class _DecodeKernels:
         cache_keep[pos] = keep[0]
 
     @staticmethod
-    def attention_decode(grid, block, shared_mem, q_rot, cache_k, cache_v, cache_keep, out, S,
-                         K, G, d, multiplier):
-        assert grid == (K * G,) and shared_mem >= (32 + S) * 4 and block[0] % 32 == 0
+    def attention_part(grid, block, shared_mem, q_rot, cache_k, cache_v, cache_keep, part,
+                       part_max, part_sum, S, K, G, d, chunk, multiplier):
+        P = -(-S // chunk)
+        assert grid == (K * P,) and shared_mem >= G * chunk * 4 and block[0] % 32 == 0
+        assert part.size == P * K * G * d and part_max.shape == part_sum.shape == (P, K * G)
         q = q_rot.reshape(K, G, d)
-        scores = numpy.einsum("kgd,skd->kgs", q, cache_k[:S]) * multiplier
-        scores = numpy.where(cache_keep[:S], 30 * numpy.tanh(scores / 30), numpy.float32(-1e30))
-        p = numpy.exp(scores - scores.max(axis=-1, keepdims=True))
-        p = p / p.sum(axis=-1, keepdims=True)
-        out.reshape(K, G, d)[:] = numpy.einsum("kgs,skd->kgd", p, cache_v[:S])
+        for c in range(P):
+            rows = slice(c * chunk, min(S, (c + 1) * chunk))
+            scores = numpy.einsum("kgd,skd->kgs", q, cache_k[rows]) * multiplier
+            scores = numpy.where(cache_keep[rows], 30 * numpy.tanh(scores / 30),
+                                 numpy.float32(-1e30))
+            top = scores.max(axis=-1, keepdims=True)
+            p = numpy.exp(scores - top)
+            total = p.sum(axis=-1, keepdims=True)
+            part.reshape(P, K, G, d)[c] = numpy.einsum("kgs,skd->kgd", p / total, cache_v[rows])
+            part_max[c], part_sum[c] = top.ravel(), total.ravel()
+
+    @staticmethod
+    def attention_combine(grid, block, shared_mem, part, part_max, part_sum, out, P, H, d):
+        assert grid == (H,) and part.shape == (P, H, d) and out.size == H * d
+        share = part_sum * numpy.exp(part_max - part_max.max(axis=0))          # [P, H]
+        out.reshape(H, d)[:] = numpy.einsum("ph,phd->hd", share / share.sum(axis=0), part)
 
     @staticmethod
     def route_top_k(grid, block, shared_mem, logits, probs, ids, gates, E, k):

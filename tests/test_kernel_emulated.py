@@ -14,7 +14,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from minigrok import fast, quant
@@ -189,6 +189,7 @@ def test_rope_and_cache_kernel(decode, K, G, d, pos, seed):
 
 
 @settings(max_examples=12, deadline=None)
+@example(K=8, G=6, d=128, keep=[True] * 100 + [False] * 40, parts=2, block=128, seed=1)  # Grok-1
 @given(K=st.sampled_from([1, 2, 8]), G=st.sampled_from([1, 3, 6, 9]),
        d=st.sampled_from([4, 32, 128]), keep=st.lists(st.booleans(), min_size=1, max_size=70),
        parts=st.integers(1, 8), block=st.sampled_from([32, 128]), seed=st.integers(0, 2**32 - 1))

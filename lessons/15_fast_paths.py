@@ -233,9 +233,11 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # %% [markdown]
 # ## Attention over a long cache, in parts: `fast.attend`
 # A new token's attention reads the whole KV cache: 67 MB per layer at 8192 cached tokens on
-# Grok-1, a fifth of what its weights take to read. To read it at the memory's speed, many
-# blocks must read at once, and each cache row should be read once, not once for each of
-# the 6 query heads that share its kv head. So `fast.attend` gives each GPU block one kv head
+# Grok-1, a twentieth of its weights. But read by a few blocks, one row after another, its
+# time is set by the latency of each read, not by the bytes: estimated at about as long as
+# the rest of the layer. To read it at the memory's speed, many blocks must read at once,
+# and each cache row should be read once, not once for each of the 6 query heads that share
+# its kv head. So `fast.attend` gives each GPU block one kv head
 # and a chunk of `fast.ATTENTION_CHUNK` rows (8 kv heads x 64 chunks = 512 blocks for 8192
 # rows); a block does the whole softmax and weighted sum over its own chunk and keeps its
 # scores' maximum m_c and sum of exponentials l_c. A second kernel then adds the chunks'

@@ -10,7 +10,9 @@ instruction its widening replaced (I2F_SOURCE below); the host's cost of one sma
 operation of each kind (the price of every launch in a decode step); one decode step through
 layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median of 20,
 synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside the
-GPU's time for it; the decode attention kernel at cache lengths 16 to 8192; host-to-GPU copy
+GPU's time for it; each kind of launch in that step on its own (decode_kernels: their sum
+against the step's GPU time shows the gaps between launches); the decode attention at cache
+lengths 16 to 8192 and several chunk sizes; host-to-GPU copy
 rates of one expert matrix from the memory map and from pinned memory. Launch-bound shows as
 parts far slower than their bytes over the HBM rate, and as the op costs times the op count.
 A part that fails prints an "error" row.
@@ -24,9 +26,9 @@ import cupy
 import numpy as np
 
 sys.path.insert(0, ".")
-from minigrok import fast  # noqa: E402
+from minigrok import fast, quant  # noqa: E402
 from minigrok.api import Model  # noqa: E402
-from minigrok.attention import attention, new_cache  # noqa: E402
+from minigrok.attention import attention, layer_cache, new_cache  # noqa: E402
 from minigrok.layer import decoder_layer  # noqa: E402
 from minigrok.model import forward, model_params  # noqa: E402
 from minigrok.moe import expert_weight, expert, moe, route  # noqa: E402
@@ -114,6 +116,7 @@ def main(checkpoint):
     section(gemvs, m, hbm)
     section(gemv_widen_variant, m, hbm)
     section(layer_step, m, hbm)
+    section(decode_kernels, m, hbm)
     section(attention_lengths, m, hbm)
     section(prefill_products, m, hbm)
     section(host_copies, m)
@@ -247,6 +250,72 @@ def layer_step(m, hbm):
          route_ms=wall_ms(lambda: route(xn, layer["router"], cfg.num_selected_experts)),
          expert_ms=wall_ms(lambda: expert(xn, *(expert_weight(experts[n], e) for n in
                                                ("linear", "linear_v", "linear_1")))))
+
+
+def each_ms(fn, n=50):
+    """GPU milliseconds per call of fn over n calls queued back to back between two events:
+    what one launch costs inside a step, where the next is already queued behind it."""
+    fn()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / n
+
+
+def decode_kernels(m, hbm):
+    """fast.decode_layer's launches for layer 0 one kind at a time (each_ms), and their sum
+    weighted by how often a step makes each: set beside layer_decode's step_gpu_ms, the rest
+    is the time between launches."""
+    cfg, layer = m.config, m.params["layers"][0]
+    att, experts = layer["multi_head_attention"], layer["moe"]
+    H, K, d, D = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size, cfg.emb_size
+    top = cfg.num_selected_experts
+    cache_k, cache_v, cache_keep = layer_cache(new_cache(1, 64, K, d), 0, cupy)
+    cache_keep[:] = True
+    h = cupy.random.standard_normal((1, D), dtype=cupy.float32)
+    q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
+    k, v = (cupy.random.standard_normal((1, K * d), dtype=cupy.float32) for _ in range(2))
+    keep, q_rot = cupy.ones(1, dtype=bool), cupy.empty_like(q)
+    router = cupy.asarray(layer["router"], dtype=cupy.float32)
+    E = router.shape[1]
+    logits, probs = h @ router, cupy.empty(E, dtype=cupy.float32)
+    ids = cupy.arange(top, dtype=cupy.int32)
+    gates = cupy.full(top, 1.0 / top, dtype=cupy.float32)
+    F = experts["linear"].weight.shape[-1]
+    up, gate_in, act = (cupy.random.standard_normal((1, F), dtype=cupy.float32) for _ in range(3))
+    y, acc = cupy.empty_like(h), cupy.zeros_like(h)
+    kernel = fast._decode_kernel
+    # name: (launches per step, the launch)
+    launches = {
+        "rms_norm": (4, lambda: fast._rms_norm(h, layer["rms_norm"], residual=h)),
+        "query": (1, lambda: quant.matmul(h, att["query"])),
+        "key": (1, lambda: quant.matmul(h, att["key"])),
+        "value": (1, lambda: quant.matmul(h, att["value"])),
+        "rope_and_cache": (1, lambda: kernel("rope_and_cache")(
+            (-(-max((H + K) * d // 2, K * d) // 256),), (256,), (
+                q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, cupy.int32(16), cupy.int32(H),
+                cupy.int32(K), cupy.int32(d), cupy.float32(fast.BASE)))),
+        "attend_17_rows": (1, lambda: fast.attend(q_rot, cache_k, cache_v, cache_keep, 17, cfg)),
+        "linear": (1, lambda: quant.matmul(q, att["linear"])),
+        "router": (1, lambda: h @ router),
+        "route_top_k": (1, lambda: kernel("route_top_k")((1,), (1,), (
+            logits, probs, cupy.empty_like(ids), cupy.empty_like(gates), cupy.int32(E),
+            cupy.int32(top)))),
+        "expert_up": (2 * top, lambda: fast.int8_gemv(
+            h, experts["linear"].weight, experts["linear"].scales, ids, 0)),
+        "gelu_mul": (top, lambda: fast._elementwise("gelu_mul", F, up, gate_in, act)),
+        "expert_down": (top, lambda: fast.int8_gemv(
+            act, experts["linear_1"].weight, experts["linear_1"].scales, ids, 0)),
+        "add_scaled": (top, lambda: fast._elementwise("add_scaled", D, gates[:1], y, acc,
+                                                      cupy.int32(0))),
+    }
+    us = {name: each_ms(fn) * 1e3 for name, (_, fn) in launches.items()}
+    emit(what="decode_kernels", launches=sum(n for n, _ in launches.values()),
+         sum_ms=sum(n * us[name] for name, (n, _) in launches.items()) / 1e3,
+         **{f"{name}_us": t for name, t in us.items()})
 
 
 def attention_lengths(m, hbm):

@@ -474,8 +474,8 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
 #   * the int8 becomes float32 by a byte permute and a subtraction, not the conversion
 #     instruction (I2F), whose rate on Hopper (16 per clock per multiprocessor, ~4.2 T/s on
 #     an H200) is no higher than the memory's: with it the kernel read experts at 2.87 TB/s
-#     of the card's 4.2. (Chosen by that arithmetic, before a GPU ran it: the next GPU
-#     session's gpu_profile times both widenings.)
+#     of the card's 4.2. (Chosen by that arithmetic and not yet run on a GPU:
+#     tests/gpu_profile.py's gemv_widen row times both widenings.)
 #   * each block writes one partial row [n_out]; the last block of a column tile to finish
 #     adds the tile's partial rows, always in the same order. No float atomics: the sum is
 #     the same on every run, and one launch gives y. (With one thread adding a column's 96
@@ -955,7 +955,8 @@ def _decode_kernel(name: str):
 
 
 def decode_fits(h, cache, offset: int, cfg) -> bool:
-    """Whether decode_layer takes this step: one token on a GPU, with a cache it can hold."""
+    """Whether decode_layer takes this step: one token on a GPU, with a cache, and no more
+    query heads per kv head than attention_part's shared memory holds scores for."""
     return array_module(h) is not np and h.shape[0] == 1 and cache is not None and \
         cfg.num_q_heads // cfg.num_kv_heads <= SHARED_FLOATS and cfg.num_experts <= 64
 
@@ -975,6 +976,31 @@ def _rms_norm(x, scale, residual=None):
         x, cupy.asarray(scale, dtype=cupy.float32), x if residual is None else residual,
         cupy.int32(residual is not None), out, cupy.int32(x.shape[-1]), cupy.float32(EPS)))
     return out
+
+
+def _rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, offset: int, cfg):
+    """rope_and_cache in one launch: q [1, H*d] -> its rotation [1, H*d]; k's rotation and v
+    go to cache row ``offset``, keep [1] to cache_keep[offset]."""
+    import cupy
+
+    H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
+    q_rot = cupy.empty_like(q)
+    _decode_kernel("rope_and_cache")((-(-max((H + K) * d // 2, K * d) // 256),), (256,), (
+        q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, cupy.int32(offset), cupy.int32(H),
+        cupy.int32(K), cupy.int32(d), cupy.float32(BASE)))
+    return q_rot
+
+
+def _route(logits, top: int):
+    """route_top_k in one launch: logits [1, E] -> ids [top] int32 (ascending), gates [top]."""
+    import cupy
+
+    E = logits.shape[1]
+    probs = cupy.empty(E, dtype=cupy.float32)
+    ids, gates = cupy.empty(top, dtype=cupy.int32), cupy.empty(top, dtype=cupy.float32)
+    _decode_kernel("route_top_k")((1,), (1,), (logits, probs, ids, gates, cupy.int32(E),
+                                               cupy.int32(top)))
+    return ids, gates
 
 
 def attend(q_rot, cache_k, cache_v, cache_keep, S: int, cfg):
@@ -1017,24 +1043,17 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
 
     att, experts = layer["multi_head_attention"], layer["moe"]
     stream.prefetch((att["query"], att["key"], att["value"], att["linear"]), h)
-    H, K, d, S = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size, offset + 1
     x = _rms_norm(h, layer["rms_norm"])
     q, k, v = (quant.matmul(x, att[name]) for name in ("query", "key", "value"))  # [1, H*d] ...
     cache_k, cache_v, cache_keep = layer_cache(cache, index, cupy)
-    q_rot = cupy.empty_like(q)
-    _decode_kernel("rope_and_cache")((-(-max((H + K) * d // 2, K * d) // 256),), (256,), (
-        q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, cupy.int32(offset), cupy.int32(H),
-        cupy.int32(K), cupy.int32(d), cupy.float32(BASE)))
-    context = attend(q_rot, cache_k, cache_v, cache_keep, S, cfg)                 # [1, H*d]
+    q_rot = _rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, offset, cfg)
+    context = attend(q_rot, cache_k, cache_v, cache_keep, offset + 1, cfg)        # [1, H*d]
     h = _rms_norm(quant.matmul(context, att["linear"]), layer["rms_norm_1"], residual=h)
     x = _rms_norm(h, layer["rms_norm_2"])
 
     logits = x @ cupy.asarray(layer["router"], dtype=cupy.float32)               # [1, E]
-    E, top = logits.shape[1], cfg.num_selected_experts
-    probs = cupy.empty(E, dtype=cupy.float32)
-    ids, gates = cupy.empty(top, dtype=cupy.int32), cupy.empty(top, dtype=cupy.float32)
-    _decode_kernel("route_top_k")((1,), (1,), (logits, probs, ids, gates, cupy.int32(E),
-                                               cupy.int32(top)))
+    top = cfg.num_selected_experts
+    ids, gates = _route(logits, top)
     names = ("linear", "linear_v", "linear_1")
     if all(not on_host(experts[n].weight) and gemv_fits(experts[n].weight) for n in names):
         weights = None                   # resident: the GEMV reads the expert index itself

@@ -21,6 +21,7 @@ A part that fails prints an "error" row.
 import json
 import sys
 import time
+from unittest import mock
 
 import cupy
 import numpy as np
@@ -278,32 +279,27 @@ def decode_kernels(m, hbm):
     h = cupy.random.standard_normal((1, D), dtype=cupy.float32)
     q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
     k, v = (cupy.random.standard_normal((1, K * d), dtype=cupy.float32) for _ in range(2))
-    keep, q_rot = cupy.ones(1, dtype=bool), cupy.empty_like(q)
+    keep = cupy.ones(1, dtype=bool)
+    q_rot = fast._rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, 16, cfg)
     router = cupy.asarray(layer["router"], dtype=cupy.float32)
-    E = router.shape[1]
-    logits, probs = h @ router, cupy.empty(E, dtype=cupy.float32)
+    logits = h @ router
     ids = cupy.arange(top, dtype=cupy.int32)
     gates = cupy.full(top, 1.0 / top, dtype=cupy.float32)
     F = experts["linear"].weight.shape[-1]
     up, gate_in, act = (cupy.random.standard_normal((1, F), dtype=cupy.float32) for _ in range(3))
     y, acc = cupy.empty_like(h), cupy.zeros_like(h)
-    kernel = fast._decode_kernel
     # name: (launches per step, the launch)
     launches = {
         "rms_norm": (4, lambda: fast._rms_norm(h, layer["rms_norm"], residual=h)),
         "query": (1, lambda: quant.matmul(h, att["query"])),
         "key": (1, lambda: quant.matmul(h, att["key"])),
         "value": (1, lambda: quant.matmul(h, att["value"])),
-        "rope_and_cache": (1, lambda: kernel("rope_and_cache")(
-            (-(-max((H + K) * d // 2, K * d) // 256),), (256,), (
-                q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, cupy.int32(16), cupy.int32(H),
-                cupy.int32(K), cupy.int32(d), cupy.float32(fast.BASE)))),
+        "rope_and_cache": (1, lambda: fast._rope_and_cache(q, k, v, keep, cache_k, cache_v,
+                                                            cache_keep, 16, cfg)),
         "attend_17_rows": (1, lambda: fast.attend(q_rot, cache_k, cache_v, cache_keep, 17, cfg)),
         "linear": (1, lambda: quant.matmul(q, att["linear"])),
         "router": (1, lambda: h @ router),
-        "route_top_k": (1, lambda: kernel("route_top_k")((1,), (1,), (
-            logits, probs, cupy.empty_like(ids), cupy.empty_like(gates), cupy.int32(E),
-            cupy.int32(top)))),
+        "route_top_k": (1, lambda: fast._route(logits, top)),
         "expert_up": (2 * top, lambda: fast.int8_gemv(
             h, experts["linear"].weight, experts["linear"].scales, ids, 0)),
         "gelu_mul": (top, lambda: fast._elementwise("gelu_mul", F, up, gate_in, act)),
@@ -332,11 +328,8 @@ def attention_lengths(m, hbm):
         keep = cupy.ones(S, dtype=bool)
         q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
         for chunk in sorted({kept, 32, 64, 256, 1024}):
-            fast.ATTENTION_CHUNK = chunk
-            try:
+            with mock.patch.object(fast, "ATTENTION_CHUNK", chunk):
                 ms = event_ms(lambda: fast.attend(q, cache_k, cache_v, keep, S, cfg))
-            finally:
-                fast.ATTENTION_CHUNK = kept
             emit(what="attention_decode", cache_len=S, chunk=chunk, current=chunk == kept, ms=ms,
                  cache_gb=2 * cache_k.nbytes / 1e9, gb_s=2 * cache_k.nbytes / ms / 1e6,
                  hbm_gb_s=hbm)

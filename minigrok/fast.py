@@ -687,7 +687,8 @@ def tf32_parts(x):
 def _tf32_matmuls(cupy):
     """Let cuBLAS use TF32 tensor cores for float32 products inside the block (CuPy's own
     setting, which CUPY_TF32=1 sets for a whole process; here it is process-wide only while
-    the block runs, and minigrok multiplies on one thread); the simulated CuPy has none."""
+    the block runs, and minigrok multiplies on one thread). The simulated CuPy of the tests
+    drops the low mantissa bits of its products' inputs under this setting, as TF32 does."""
     try:
         from cupy._core import _routines_linalg as linalg
     except ImportError:

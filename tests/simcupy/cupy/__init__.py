@@ -5,7 +5,8 @@ minigrok's GPU *glue* (the memory plan, streaming from the host, the split over 
 which path a product takes, the kernel's launch geometry), not CuPy or a GPU. Arrays on
 different devices, or a host numpy array, mixed in one operation raise, as they fail on a
 real GPU. RawKernel runs the int8 GEMV's block decomposition, and the decode kernels'
-formulas, in numpy.
+formulas, in numpy. Products under CuPy's TF32 setting see their float32 inputs cut to TF32
+(_core/_routines_linalg.py).
 """
 
 import re
@@ -53,7 +54,10 @@ class ndarray(numpy.ndarray):
         self._check(list(inputs) + list(kw.get("out", ())))
         if "out" in kw:
             kw["out"] = tuple(numpy.asarray(o) for o in kw["out"])
-        return _wrap(getattr(ufunc, method)(*_unwrap(inputs), **kw))
+        inputs = _unwrap(inputs)
+        if ufunc is numpy.matmul:             # cuBLAS, TF32 where minigrok allows it
+            inputs = _core._routines_linalg.matmul_inputs(inputs)
+        return _wrap(getattr(ufunc, method)(*inputs, **kw))
 
     def __array_function__(self, func, types_, args, kw):
         self._check(list(_flatten(args)) + list(_flatten(kw)))
@@ -123,6 +127,12 @@ ascontiguousarray = asarray
 
 def asnumpy(a):
     return numpy.array(numpy.asarray(a))
+
+
+def matmul(a, b):
+    """a @ b: through ndarray.__array_ufunc__, which checks the devices and applies the
+    compute type (cupy._core._routines_linalg)."""
+    return numpy.matmul(a, b)
 
 
 def __getattr__(name):                    # everything else: numpy's, on simulated arrays
@@ -333,3 +343,6 @@ class _Random:
 
 random = _Random()
 __version__ = "simulated"
+
+from . import _core  # noqa: E402  (after the names above: it imports nothing back)
+from ._core import _routines_linalg  # noqa: E402,F401

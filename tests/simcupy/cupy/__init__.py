@@ -56,7 +56,7 @@ class ndarray(numpy.ndarray):
             kw["out"] = tuple(numpy.asarray(o) for o in kw["out"])
         inputs = _unwrap(inputs)
         if ufunc is numpy.matmul:             # cuBLAS, TF32 where minigrok allows it
-            inputs = _core._routines_linalg.matmul_inputs(inputs)
+            inputs = _linalg.matmul_inputs(inputs)
         return _wrap(getattr(ufunc, method)(*inputs, **kw))
 
     def __array_function__(self, func, types_, args, kw):
@@ -344,5 +344,4 @@ class _Random:
 random = _Random()
 __version__ = "simulated"
 
-from . import _core  # noqa: E402  (after the names above: it imports nothing back)
-from ._core import _routines_linalg  # noqa: E402,F401
+from ._core import _routines_linalg as _linalg  # noqa: E402  (it imports nothing back)

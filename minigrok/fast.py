@@ -711,17 +711,23 @@ def int8_matmul_gpu(x, weight, scales):
     at ~8x the float32 rate of an H100/H200. Each row block's scales multiply its partial
     product afterwards, (x_b q_b) s_b, as on the CPU. Against the teaching
     ``x @ dequantize(W)`` this also skips a full float32 pass over the weight.
+
+    One 2-D product per row block, not one batched product: CuPy hands 2-D products to
+    cublasGemmEx with the TF32 compute type, but a batched (3-D) matmul to
+    cublasSgemmStridedBatched, which ignores it. Batched, on an H200, 256 tokens through a
+    6144 x 32768 expert took 7.3 ms against 3.0 ms for a plain float32 product: three
+    float32 products instead of three TF32 ones.
     """
     from .quant import bf16_to_f32      # (it imports this module)
 
     cupy = array_module(x)
     T, (n_in, n_out), blocks = x.shape[0], weight.shape, scales.shape[0]
     s = bf16_to_f32(scales)                                              # [B, out]
-    w = weight.astype(cupy.float32)                                      # [in, out]
-    rows = n_in // blocks
-    xs = tf32_parts(x).reshape(3 * T, blocks, rows).transpose(1, 0, 2)   # [B, 3T, rows]
+    w = weight.astype(cupy.float32).reshape(blocks, n_in // blocks, n_out)   # [B, rows, out]
+    xs = cupy.ascontiguousarray(                                         # [B, 3T, rows]
+        tf32_parts(x).reshape(3 * T, blocks, -1).transpose(1, 0, 2))
     with _tf32_matmuls(cupy):
-        parts = cupy.matmul(xs, w.reshape(blocks, rows, n_out))          # [B, 3T, out]
+        parts = cupy.stack([xs[b] @ w[b] for b in range(blocks)])        # [B, 3T, out]
     parts = (parts[:, 2 * T:] + parts[:, T:2 * T]) + parts[:, :T]        # lo + mid, then hi
     return (parts * s[:, None, :]).sum(axis=0)                           # [T, out]
 

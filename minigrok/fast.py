@@ -16,6 +16,7 @@ own threads inside each small product and fight ours for the same cores (measure
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import threading
@@ -482,17 +483,19 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
 #     partial rows one after another, a 6144 x 6144 product took 0.063 ms on an H200; with
 #     CuPy's separate sum it had taken 0.044 ms.)
 #
-# Row ranges are as long as leaves ~512 blocks to spread over the GPU's 132 multiprocessors:
-# 512 rows for Grok-1's experts, 128 for its query, 32 for its key. Longer ranges leave fewer
-# partial rows for the last block to add: measured on an H200 with that sum in the kernel,
-# the 32768 x 6144 down-projection ran at 2250 GB/s with 256 rows and 2470-2515 with 512.
+# Row ranges are as long as leaves ~384 blocks, about 3 for each of an H200's 132
+# multiprocessors: 1024 rows for Grok-1's experts, 128 for its query, 32 for its key. Longer
+# ranges leave fewer partial rows for the last block to add, shorter ones more blocks to
+# spread. Measured on an H200 (tests/gpu_profile.py's gemv_rows), one expert matrix at
+# 512 / 1024 / 2048 rows: 6144 x 32768 at 2795 / 3210 / 2342 GB/s, 32768 x 6144 at 2508 /
+# 3032 / 2324 (384 blocks at 1024 rows; 768 and 192 at the others).
 
 GEMV_COLUMNS = 16        # output columns per thread (one 16-byte load of int8)
 GEMV_WARPS = 32          # threads along the columns (blockDim.x)
 GEMV_LANES = 8           # row lanes per block (blockDim.y)
 GEMV_ROWS = 1024         # rows per block at most (a divisor of the scale block's rows)
 GEMV_MIN_ROWS = 32       # ... and at least, where the scale blocks allow
-GEMV_BLOCKS = 512        # blocks wanted per launch: ~4 per multiprocessor
+GEMV_BLOCKS = 384        # blocks wanted per launch: ~3 per multiprocessor
 GEMV_TOKENS = 4          # tokens per launch of int8_gemv_tokens (4 x 16 sums per thread)
 GEMV_MAX_TOKENS = 32     # more tokens than this go to int8_matmul_gpu (cuBLAS)
 
@@ -596,16 +599,25 @@ extern "C" __global__ void int8_gemv_tokens(
     gemv<GEMV_TOKENS>(x, w, scales, partial, arrived, y, n_out, rows, rows_per_scale);
 }
 
-// The same product by expert experts[slot] of stacked weights [E, n_in, n_out] and scales
-// [E, n_blocks, n_out]. The GPU reads the expert's index itself, so the host need not wait
-// for the router to learn it.
+// A decode step's products by its routed experts, all in one launch. Product z (blockIdx.z)
+// is by expert experts[z / per_expert] of stacked weights [E, n_in, n_out] and scales
+// [E, n_blocks, n_out]: w_a's for z % per_expert == 0, else w_b's; its x is row
+// (z / per_expert) of x when x_step is n_in, the one row when it is 0. The GPU reads the
+// experts' indices itself, so the host need not wait for the router to learn them; each
+// product has its own partial rows, tile counters and output row z.
 extern "C" __global__ void int8_gemv_routed(
-        const float* x, const signed char* w, const unsigned short* scales,
-        const int* experts, int slot, float* partial, unsigned int* arrived, float* y,
-        int n_out, int rows, int rows_per_scale) {
+        const float* x, int x_step, const signed char* w_a, const unsigned short* s_a,
+        const signed char* w_b, const unsigned short* s_b, const int* experts, int per_expert,
+        float* partial, unsigned int* arrived, float* y, int n_out, int rows,
+        int rows_per_scale) {
+    int z = blockIdx.z, slot = z / per_expert;
     size_t e = experts[slot], n_in = (size_t)rows * gridDim.y;
-    gemv<1>(x, w + e * n_in * n_out, scales + e * (n_in / rows_per_scale) * n_out, partial,
-            arrived, y, n_out, rows, rows_per_scale);
+    const signed char* w = z % per_expert == 0 ? w_a : w_b;
+    const unsigned short* s = z % per_expert == 0 ? s_a : s_b;
+    gemv<1>(x + (size_t)slot * x_step, w + e * n_in * n_out,
+            s + e * (n_in / rows_per_scale) * n_out, partial + (size_t)z * gridDim.y * n_out,
+            arrived + (size_t)z * gridDim.x, y + (size_t)z * n_out, n_out, rows,
+            rows_per_scale);
 }
 """
 _gemv_kernels = {}
@@ -630,38 +642,66 @@ def gemv_fits(weight) -> bool:
         weight.flags.c_contiguous
 
 
-def int8_gemv(x, weight, scales, experts=None, slot: int = 0):
+def _gemv_kernel(name: str):
+    import cupy
+
+    if name not in _gemv_kernels:
+        _gemv_kernels[name] = cupy.RawKernel(_GEMV_SOURCE, name)
+    return _gemv_kernels[name]
+
+
+def int8_gemv(x, weight, scales):
     """A few tokens on the GPU: x [T, in] float32 @ (weight [in, out] int8, scales [B, out]
     bf16 bits as uint16) -> [T, out] float32, reading each weight byte once per launch (see
     above): one token by int8_gemv, more GEMV_TOKENS at a time by int8_gemv_tokens.
-
-    With ``experts`` (int32 [k] on the GPU; one token), weight [E, in, out] and scales
-    [E, B, out] are stacked experts and the product is by expert ``experts[slot]``.
     """
     import cupy
 
-    T = x.shape[0]
-    name = "int8_gemv_routed" if experts is not None else \
-        "int8_gemv" if T == 1 else "int8_gemv_tokens"
-    if name not in _gemv_kernels:
-        _gemv_kernels[name] = cupy.RawKernel(_GEMV_SOURCE, name)
-    n_in, n_out = weight.shape[-2:]
-    tokens = 1 if T == 1 else GEMV_TOKENS
-    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[-2])
-    partial = cupy.empty((grid[1], tokens, n_out), dtype=cupy.float32)
-    route = () if experts is None else (experts, cupy.int32(slot))
+    T, (n_in, n_out) = x.shape[0], weight.shape
     x, scales = cupy.ascontiguousarray(x, dtype=cupy.float32), cupy.ascontiguousarray(scales)
+    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[0])
+    sizes = (cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale))
+    if T == 1:                                   # decoding: the lean path
+        partial = cupy.empty((grid[1], 1, n_out), dtype=cupy.float32)
+        y = cupy.empty((1, n_out), dtype=cupy.float32)
+        _gemv_kernel("int8_gemv")(grid, block, (
+            x, weight, scales, partial, _tile_counters(cupy, grid[0]), y, *sizes))
+        return y
+    tokens = GEMV_TOKENS
+    partial = cupy.empty((grid[1], tokens, n_out), dtype=cupy.float32)
     out = []
     for t0 in range(0, T, tokens):
         xt = x[t0:t0 + tokens]
         if len(xt) < tokens:                    # a prefill's last few tokens, padded with zeros
             xt = cupy.concatenate([xt, cupy.zeros((tokens - len(xt), n_in), cupy.float32)])
         y = cupy.empty((tokens, n_out), dtype=cupy.float32)
-        _gemv_kernels[name](grid, block, (
-            xt, weight, scales, *route, partial, _tile_counters(cupy, grid[0]), y,
-            cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale)))
+        _gemv_kernel("int8_gemv_tokens")(grid, block, (
+            xt, weight, scales, partial, _tile_counters(cupy, grid[0]), y, *sizes))
         out.append(y[:min(tokens, T - t0)])
-    return out[0] if len(out) == 1 else cupy.concatenate(out)
+    return cupy.concatenate(out)
+
+
+def int8_gemv_routed(x, weights, experts):
+    """One token's products by its routed experts, in one launch: x [X, in] float32 (X = 1:
+    the same row for every expert; X = k: row i for expert i); weights: one or two stacked
+    QuantizedWeight8bit [E, in, out] on the GPU; experts: int32 [k] on the GPU ->
+    [k * len(weights), out] float32, row i * len(weights) + j = x_i @ weights[j] of expert
+    experts[i]."""
+    import cupy
+
+    k, per_expert = experts.shape[0], len(weights)
+    a, b = weights[0], weights[-1]
+    _, n_in, n_out = a.weight.shape
+    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, a.scales.shape[-2],
+                                                    k * per_expert)
+    partial = cupy.empty((grid[2], grid[1], n_out), dtype=cupy.float32)
+    y = cupy.empty((grid[2], n_out), dtype=cupy.float32)
+    _gemv_kernel("int8_gemv_routed")(grid, block, (
+        cupy.ascontiguousarray(x, dtype=cupy.float32), cupy.int32(0 if x.shape[0] == 1 else n_in),
+        a.weight, a.scales, b.weight, b.scales, experts, cupy.int32(per_expert), partial,
+        _tile_counters(cupy, grid[0] * grid[2]), y, cupy.int32(n_out), cupy.int32(rows),
+        cupy.int32(rows_per_scale)))
+    return y
 
 
 def tf32_parts(x):
@@ -732,17 +772,20 @@ def int8_matmul_gpu(x, weight, scales):
     return (parts * s[:, None, :]).sum(axis=0)                           # [T, out]
 
 
-def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
-    """The kernel's launch: (grid, block, rows per block, rows per scale block)."""
+@functools.lru_cache(maxsize=256)
+def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int, products: int = 1):
+    """The kernel's launch for ``products`` products of one shape at once: (grid, block, rows
+    per block, rows per scale block)."""
     rows_per_scale = n_in // n_scale_blocks
     rows = math.gcd(rows_per_scale, GEMV_ROWS)          # a block's rows stay in one scale block
     tiles = -(-n_out // (GEMV_WARPS * GEMV_COLUMNS))
-    while rows % 2 == 0 and rows > GEMV_MIN_ROWS and tiles * (n_in // rows) < GEMV_BLOCKS:
+    while rows % 2 == 0 and rows > GEMV_MIN_ROWS and \
+            tiles * (n_in // rows) * products < GEMV_BLOCKS:
         rows //= 2
-    return (tiles, n_in // rows), (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale
+    return (tiles, n_in // rows, products), (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale
 
 
-# -- GPU decoding: one token through a whole layer in ~22 launches ----------------------------
+# -- GPU decoding: one token through a whole layer in 16 launches -----------------------------
 #
 # A decode step's arithmetic is tiny next to its weights, but the teaching code spends ~150
 # small CuPy operations per layer, each ~5-240 us of host time: on an H200 a full-width layer
@@ -752,7 +795,11 @@ def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int):
 # compiled without fused multiply-adds so that each product and sum is rounded as CuPy's
 # separate operations round it. The router's choice stays on the GPU (int8_gemv_routed reads
 # it there), so for resident layers the host never waits and queues the next layer while
-# the GPU still reads this one's experts. tests/test_cupy.py holds it to decoder_layer.
+# the GPU still reads this one's experts. Both experts go through each of their steps in one
+# launch: their up and gate products (4 matrices), gelu_mul, their down products, the gated
+# sum. At one launch per expert and matrix a step took 22 launches, and on an H200 the host
+# needed about as long to queue them (~0.77 ms) as the GPU to run them (~0.8 ms).
+# tests/test_cupy.py holds decode_layer to decoder_layer.
 
 # Cache rows per attention_part block. Short enough that a long cache gives every
 # multiprocessor several blocks (8192 rows, 8 kv heads: 512 blocks on an H200's 132), long
@@ -934,20 +981,26 @@ extern "C" __global__ void route_top_k(const float* logits, float* probs, int* i
         }
 }
 
-// moe.expert's gelu(x W) * (x V), with moe.gelu's tanh approximation.
-extern "C" __global__ void gelu_mul(const float* a, const float* b, float* out, int n) {
+// moe.expert's gelu(x W) * (x V), with moe.gelu's tanh approximation, for every routed
+// expert: xwv holds int8_gemv_routed's rows x W, x V of each expert in turn ([2k, width]),
+// out is [k, width] and n = k * width.
+extern "C" __global__ void gelu_mul(const float* xwv, float* out, int width, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float x = a[i];
-    out[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * b[i];
+    int e = i / width, c = i - e * width;
+    float x = xwv[(size_t)2 * e * width + c], v = xwv[(size_t)(2 * e + 1) * width + c];
+    out[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * v;
 }
 
-// moe.moe's out += gate * expert output, out starting from zeros when `first` (gate: one
-// float in device memory).
-extern "C" __global__ void add_scaled(const float* gate, const float* y, float* m, int first,
-                                      int n) {
+// moe.moe's sum of gate * expert output over the k routed experts, in its order (from
+// zeros, ascending expert index): y [k, n], gates [k] -> m [n].
+extern "C" __global__ void add_experts(const float* gates, const float* y, float* m, int k,
+                                       int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) m[i] = (first ? 0.0f : m[i]) + gate[0] * y[i];
+    if (i >= n) return;
+    float total = 0.0f;
+    for (int e = 0; e < k; e++) total = total + gates[e] * y[(size_t)e * n + i];
+    m[i] = total;
 }
 """
 _decode_kernels = {}
@@ -1062,22 +1115,21 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     top = cfg.num_selected_experts
     ids, gates = _route(logits, top)
     names = ("linear", "linear_v", "linear_1")
+    up, down = (experts["linear"], experts["linear_v"]), (experts["linear_1"],)
     if all(not on_host(experts[n].weight) and gemv_fits(experts[n].weight) for n in names):
-        weights = None                   # resident: the GEMV reads the expert index itself
+        weights = None                   # resident: the GEMV reads the experts' indices itself
+        xwv = int8_gemv_routed(x, up, ids)                                       # [2k, F]
     else:                                # streamed: the host must learn which to copy (a wait)
-        weights = [{n: expert_weight(experts[n], e) for n in names} for e in ids.get().tolist()]
-        stream.prefetch((w for chosen in weights for w in chosen.values()), h)
-
-    def product(a, name, slot):          # a @ expert ids[slot]'s weight ``name``
-        if weights is None:
-            return int8_gemv(a, experts[name].weight, experts[name].scales, ids, slot)
-        return quant.matmul(a, weights[slot][name])
-
+        weights = [[expert_weight(w, e) for w in up + down] for e in ids.get().tolist()]
+        stream.prefetch((w for chosen in weights for w in chosen), h)
+        xwv = cupy.concatenate([quant.matmul(x, w) for W, V, _ in weights for w in (W, V)])
+    act = cupy.empty((top, xwv.shape[1]), dtype=cupy.float32)
+    _elementwise("gelu_mul", act.size, xwv, act, cupy.int32(act.shape[1]))       # [k, F]
+    if weights is None:
+        y = int8_gemv_routed(act, down, ids)                                     # [k, D]
+    else:
+        y = cupy.concatenate([quant.matmul(act[i:i + 1], chosen[2])
+                              for i, chosen in enumerate(weights)])
     m = cupy.empty_like(h)
-    for slot in range(top):              # moe.moe's order: ascending expert index
-        up, gate_in = product(x, "linear", slot), product(x, "linear_v", slot)   # [1, F]
-        act = cupy.empty_like(up)
-        _elementwise("gelu_mul", up.size, up, gate_in, act)
-        y = product(act, "linear_1", slot)                                        # [1, D]
-        _elementwise("add_scaled", y.size, gates[slot:slot + 1], y, m, cupy.int32(slot == 0))
+    _elementwise("add_experts", m.size, gates, y, m, cupy.int32(top))            # [1, D]
     return _rms_norm(m, layer["rms_norm_3"], residual=h)

@@ -286,8 +286,10 @@ def decode_kernels(m, hbm):
     ids = cupy.arange(top, dtype=cupy.int32)
     gates = cupy.full(top, 1.0 / top, dtype=cupy.float32)
     F = experts["linear"].weight.shape[-1]
-    up, gate_in, act = (cupy.random.standard_normal((1, F), dtype=cupy.float32) for _ in range(3))
-    y, acc = cupy.empty_like(h), cupy.zeros_like(h)
+    xwv = cupy.random.standard_normal((2 * top, F), dtype=cupy.float32)
+    act = cupy.random.standard_normal((top, F), dtype=cupy.float32)
+    y = cupy.random.standard_normal((top, D), dtype=cupy.float32)
+    acc = cupy.empty_like(h)
     # name: (launches per step, the launch)
     launches = {
         "rms_norm": (4, lambda: fast._rms_norm(h, layer["rms_norm"], residual=h)),
@@ -300,13 +302,13 @@ def decode_kernels(m, hbm):
         "linear": (1, lambda: quant.matmul(q, att["linear"])),
         "router": (1, lambda: h @ router),
         "route_top_k": (1, lambda: fast._route(logits, top)),
-        "expert_up": (2 * top, lambda: fast.int8_gemv(
-            h, experts["linear"].weight, experts["linear"].scales, ids, 0)),
-        "gelu_mul": (top, lambda: fast._elementwise("gelu_mul", F, up, gate_in, act)),
-        "expert_down": (top, lambda: fast.int8_gemv(
-            act, experts["linear_1"].weight, experts["linear_1"].scales, ids, 0)),
-        "add_scaled": (top, lambda: fast._elementwise("add_scaled", D, gates[:1], y, acc,
-                                                      cupy.int32(0))),
+        "experts_up": (1, lambda: fast.int8_gemv_routed(
+            h, (experts["linear"], experts["linear_v"]), ids)),
+        "gelu_mul": (1, lambda: fast._elementwise("gelu_mul", act.size, xwv, act,
+                                                  cupy.int32(F))),
+        "experts_down": (1, lambda: fast.int8_gemv_routed(act, (experts["linear_1"],), ids)),
+        "add_experts": (1, lambda: fast._elementwise("add_experts", D, gates, y, acc,
+                                                     cupy.int32(top))),
     }
     us = {name: each_ms(fn) * 1e3 for name, (_, fn) in launches.items()}
     emit(what="decode_kernels", launches=sum(n for n, _ in launches.values()),
@@ -346,7 +348,7 @@ def prefill_products(m, hbm):
     experts = m.params["layers"][0]["moe"]
     for name in ("linear", "linear_1"):
         qw = expert_weight(experts[name], 0)
-        for T in (4, 16, 64, 256):
+        for T in (4, 16, 32, 64, 256):
             x = cupy.random.standard_normal((T, qw.weight.shape[0]), dtype=cupy.float32)
             tokens_ms = event_ms(lambda: fast.int8_gemv(x, qw.weight, qw.scales), 10)
             cublas_ms = event_ms(lambda: fast.int8_matmul_gpu(x, qw.weight, qw.scales), 10)

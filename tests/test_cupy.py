@@ -36,7 +36,7 @@ def test_cuda_generation_equals_numpy_generation(tiny_dir):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from minigrok import fast, quant  # noqa: E402
+from minigrok import fast, moe, quant  # noqa: E402
 from minigrok.config import preset  # noqa: E402
 from minigrok.placement import layer_bytes, reserve_bytes  # noqa: E402
 
@@ -69,13 +69,32 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
         assert many.shape == (T, n_out) and many.dtype == np.float32
         assert np.all(np.abs(many - xs.astype(np.float64) @ dense)
                       <= 1e-5 * (np.abs(xs).astype(np.float64) @ np.abs(dense)) + 1e-30), T
-    # the same weight as expert 2 of 3 stacked ones, its index read on the GPU
-    stacked_w = np.stack([rng.integers(-127, 128, w.shape, dtype=np.int8), w[::-1], w])
-    stacked_s = np.stack([scales[::-1], scales[::-1], scales])
-    ids = cupy.asarray([0, 2], dtype=cupy.int32)
-    routed = fast.int8_gemv(cupy.asarray(x), cupy.asarray(stacked_w), cupy.asarray(stacked_s),
-                            ids, 1)
-    assert np.array_equal(routed.get(), got)
+    # The routed experts' products, their indices read on the GPU: w is expert 2 of the
+    # stacked A and expert 0 of B, the other experts other matrices.
+    def stack(first, second, third):
+        return quant.QuantizedWeight8bit(*(cupy.asarray(np.stack(m)) for m in zip(first, second, third)))
+
+    def other():
+        return (rng.integers(-128, 128, w.shape, dtype=np.int8),
+                quant.f32_to_bf16(rng.uniform(-2, 2, scales.shape).astype(np.float32)))
+
+    A, B = stack(other(), other(), (w, scales)), stack((w, scales), other(), other())
+    ids = cupy.asarray([2, 1], dtype=cupy.int32)
+
+    def check(y, x_rows, weights):        # weights[i]: the expert matrix row i must be by
+        assert y.shape == (len(weights), n_out) and y.dtype == np.float32
+        for row, xr, qw_i in zip(y.get(), x_rows, weights):
+            d = quant.dequantize(quant.QuantizedWeight8bit(qw_i.weight.get(), qw_i.scales.get()))
+            ref = xr.astype(np.float64) @ d.astype(np.float64)
+            assert np.all(np.abs(row - ref) <= 1e-5 * (np.abs(xr) @ np.abs(d)) + 1e-30)
+
+    e = [moe.expert_weight(W, i) for W in (A, B) for i in (2, 1)]        # A2 A1 B2 B1
+    check(fast.int8_gemv_routed(cupy.asarray(x), (A, B), ids), [x[0]] * 4,
+          [e[0], e[2], e[1], e[3]])                    # one x: A, B of expert 2, then of 1
+    x2 = rng.standard_normal((2, n_in)).astype(np.float32)
+    check(fast.int8_gemv_routed(cupy.asarray(x2), (A,), ids), x2, [e[0], e[1]])
+    assert np.array_equal(fast.int8_gemv_routed(cupy.asarray(x), (A,), ids[:1]).get()[0],
+                          fast.int8_gemv_routed(cupy.asarray(x), (B,), ids[1:] - 1).get()[0])
 
 
 # -- decoding: one token through a layer in a few kernels ----------------------------------------

@@ -47,7 +47,8 @@ def emulate(exe, io, x, w, scales, tokens):
     n_in, n_out = w.shape
     grid, block, rows_per_block, rows_per_scale = fast.gemv_launch(n_in, n_out, scales.shape[0])
     (io / "in").write_bytes(x.tobytes() + w.tobytes() + scales.tobytes())
-    r = subprocess.run([str(exe), *map(str, (*grid, *block, n_in, n_out, rows_per_block,
+    assert grid[2] == 1
+    r = subprocess.run([str(exe), *map(str, (*grid[:2], *block, n_in, n_out, rows_per_block,
                                              rows_per_scale, tokens)), io / "in", io / "out"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -80,6 +81,41 @@ def test_kernel_source_computes_x_times_dequantized_weight(emulator, tmp_path_fa
     ref = x.astype(np.float64) @ dense
     bound = np.abs(x).astype(np.float64) @ np.abs(dense)
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30)
+
+
+@settings(max_examples=6, deadline=None)
+@given(blocks=st.sampled_from([1, 4]), rows=st.sampled_from([3, 40, 64]),
+       n_out=st.integers(1, 40).map(lambda k: 16 * k), k=st.integers(1, 3),
+       per_expert=st.sampled_from([1, 2]), own_x=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_routed_kernel_source_takes_each_experts_matrix(emulator, tmp_path_factory, blocks, rows,
+                                                        n_out, k, per_expert, own_x, seed):
+    # int8_gemv_routed: k experts of E = 4 stacked, one or two weights (a decode step's up and
+    # gate products, or its down products), one x for all or one row each
+    rng = np.random.default_rng(seed)
+    E, n_in = 4, blocks * rows
+    ids = rng.choice(E, k, replace=False).astype(np.int32)
+    x = rng.standard_normal((k if own_x else 1, n_in)).astype(np.float32)
+    w = rng.integers(-128, 128, (2, E, n_in, n_out), dtype=np.int8)
+    scales = quant.f32_to_bf16(rng.uniform(-2, 2, (2, E, blocks, n_out)).astype(np.float32))
+    grid, block, rows_per_block, rows_per_scale = fast.gemv_launch(n_in, n_out, blocks,
+                                                                   k * per_expert)
+    io = tmp_path_factory.mktemp("io")
+    (io / "in").write_bytes(x.tobytes() + w[0].tobytes() + scales[0].tobytes()
+                            + w[1].tobytes() + scales[1].tobytes() + ids.tobytes())
+    r = subprocess.run([str(emulator), "routed", *map(str, (
+        *grid, n_in, n_out, rows_per_block, rows_per_scale, E, per_expert, n_in if own_x else 0)),
+        io / "in", io / "out"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = np.fromfile(io / "out", dtype=np.float32)
+    y, arrived = out[:grid[2] * n_out].reshape(grid[2], n_out), out[grid[2] * n_out:].view(np.uint32)
+    assert arrived.shape == (grid[0] * grid[2],) and not arrived.any()
+    for z in range(k * per_expert):
+        slot, which = divmod(z, per_expert)
+        dense = (w[which, ids[slot]].astype(np.float64).reshape(blocks, rows, n_out)
+                 * quant.bf16_to_f32(scales[which, ids[slot]]).astype(np.float64)[:, None, :]
+                 ).reshape(n_in, n_out)
+        xr = x[slot if own_x else 0].astype(np.float64)
+        assert np.all(np.abs(y[z] - xr @ dense) <= 1e-5 * (np.abs(xr) @ np.abs(dense)) + 1e-30), z
 
 
 def test_gpu_profile_widening_comparison_still_applies(emulator, tmp_path_factory):
@@ -235,17 +271,23 @@ def test_route_top_k_kernel(decode, E, data, seed):
 
 
 @settings(max_examples=8, deadline=None)
-@given(n=st.integers(1, 3000), first=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_gelu_mul_and_add_scaled_kernels(decode, n, first, seed):
+@given(k=st.integers(1, 3), width=st.integers(1, 1500), seed=st.integers(0, 2**32 - 1))
+def test_gelu_mul_and_add_experts_kernels(decode, k, width, seed):
+    # k experts' rows as int8_gemv_routed leaves them: x W, x V of each expert in turn
     rng = np.random.default_rng(seed)
-    a, b, y, m = (rng.standard_normal(n).astype(np.float32) * 4 for _ in range(4))
-    gate = rng.uniform(0, 1, 1).astype(np.float32)
-    out = np.full(n, np.nan, dtype=np.float32)
-    grid = -(-n // 256)
-    run(decode, "gelu_mul", grid, 256, a, b, out, n)
+    xwv = rng.standard_normal((2 * k, width)).astype(np.float32) * 4
+    out = np.full((k, width), np.nan, dtype=np.float32)
+    run(decode, "gelu_mul", -(-k * width // 256), 256, xwv, out, width, k * width)
+    a, b = xwv[0::2], xwv[1::2]
     # In GELU's negative tail 1 + tanh(.) cancels: the two tanh's last-bit difference is then
     # a large relative error, so the error is measured against the scale 0.5 |a b|, not gelu.
     assert np.abs(out - moe.gelu(a) * b).max() <= 1e-5 * max(np.abs(0.5 * a * b).max(), 1e-30)
-    want = (0 if first else m) + gate[0] * y
-    run(decode, "add_scaled", grid, 256, gate, y, m, first, n)
+    # moe.moe's sum: from zeros, expert by expert
+    y = rng.standard_normal((k, width)).astype(np.float32) * 4
+    gates = rng.uniform(0, 1, k).astype(np.float32)
+    want = np.zeros(width, dtype=np.float32)
+    for e in range(k):
+        want = want + gates[e] * y[e]
+    m = np.full(width, np.nan, dtype=np.float32)
+    run(decode, "add_experts", -(-width // 256), 256, gates, y, m, k, width)
     assert close(m, want)

@@ -9,10 +9,18 @@
 // [TOKENS, N_IN]), then w (int8 [N_IN, N_OUT]), then the scales (bf16 bits, uint16
 // [N_IN / ROWS_PER_SCALE, N_OUT]); OUT receives y (float32 [TOKENS, N_OUT]), then the arrival
 // counters (uint32 [GRID_X], which the kernel must leave as the zeros it was given).
+//
+//   emulate_cuda routed GRID_X GRID_Y GRID_Z N_IN N_OUT ROWS ROWS_PER_SCALE E PER_EXPERT X_STEP IN OUT
+//
+// int8_gemv_routed, blocks (32, 8), K = GRID_Z / PER_EXPERT experts: IN holds x (float32
+// [X_STEP ? K : 1, N_IN]), w_a (int8 [E, N_IN, N_OUT]), s_a (uint16 [E, N_IN / ROWS_PER_SCALE,
+// N_OUT]), w_b, s_b, then the experts (int32 [K]); OUT receives y (float32 [GRID_Z, N_OUT]),
+// then the arrival counters (uint32 [GRID_Z * GRID_X]).
 #include <barrier>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -42,14 +50,66 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic
 #define __shared__ static
 #include "kernel.cu"
 
+// Every block of the grid, one after the other, each with one std::thread per CUDA thread.
+static void launch(int gx, int gy, int gz, int bx, int by, const std::function<void()>& kernel) {
+    gridDim.x = gx; gridDim.y = gy; gridDim.z = gz;
+    for (int k = 0; k < gz; k++)
+        for (int j = 0; j < gy; j++)
+            for (int i = 0; i < gx; i++) {
+                blockIdx.x = i; blockIdx.y = j; blockIdx.z = k;
+                std::barrier<> barrier(bx * by);
+                block_barrier = &barrier;
+                std::vector<std::thread> threads;
+                for (int ty = 0; ty < by; ty++)
+                    for (int tx = 0; tx < bx; tx++)
+                        threads.emplace_back([&, tx, ty] {
+                            threadIdx.x = tx; threadIdx.y = ty;
+                            kernel();
+                        });
+                for (auto& t : threads) t.join();
+            }
+}
+
+template <typename T>
+static bool read(FILE* in, std::vector<T>& v) { return std::fread(v.data(), sizeof(T), v.size(), in) == v.size(); }
+
+static int routed(char** argv) {
+    int gx = std::atoi(argv[2]), gy = std::atoi(argv[3]), gz = std::atoi(argv[4]),
+        n_in = std::atoi(argv[5]), n_out = std::atoi(argv[6]), rows = std::atoi(argv[7]),
+        rows_per_scale = std::atoi(argv[8]), E = std::atoi(argv[9]),
+        per_expert = std::atoi(argv[10]), x_step = std::atoi(argv[11]);
+    int K = gz / per_expert;
+    size_t nw = (size_t)E * n_in * n_out, ns = (size_t)E * (n_in / rows_per_scale) * n_out;
+    std::vector<float> x((size_t)(x_step ? K : 1) * n_in), partial((size_t)gz * gy * n_out),
+        y((size_t)gz * n_out, -1.0f);
+    std::vector<signed char> w_a(nw), w_b(nw);
+    std::vector<unsigned short> s_a(ns), s_b(ns);
+    std::vector<int> experts(K);
+    std::vector<unsigned int> arrived((size_t)gz * gx, 0);
+    FILE* in = std::fopen(argv[12], "rb");
+    if (!in || !read(in, x) || !read(in, w_a) || !read(in, s_a) || !read(in, w_b) ||
+        !read(in, s_b) || !read(in, experts)) { std::fprintf(stderr, "bad input\n"); return 2; }
+    std::fclose(in);
+    launch(gx, gy, gz, 32, 8, [&] {
+        int8_gemv_routed(x.data(), x_step, w_a.data(), s_a.data(), w_b.data(), s_b.data(),
+                         experts.data(), per_expert, partial.data(), arrived.data(), y.data(),
+                         n_out, rows, rows_per_scale);
+    });
+    FILE* out = std::fopen(argv[13], "wb");
+    std::fwrite(y.data(), 4, y.size(), out);
+    std::fwrite(arrived.data(), 4, arrived.size(), out);
+    std::fclose(out);
+    return 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 14 && std::strcmp(argv[1], "routed") == 0) return routed(argv);
     if (argc != 12) { std::fprintf(stderr, "usage: see the top of emulate_cuda.cpp\n"); return 2; }
     int gx = std::atoi(argv[1]), gy = std::atoi(argv[2]), bx = std::atoi(argv[3]),
         by = std::atoi(argv[4]), n_in = std::atoi(argv[5]), n_out = std::atoi(argv[6]),
         rows = std::atoi(argv[7]), rows_per_scale = std::atoi(argv[8]),
         tokens = std::atoi(argv[9]);
     if (tokens != 1 && tokens != GEMV_TOKENS) { std::fprintf(stderr, "bad TOKENS\n"); return 2; }
-    gridDim.x = gx; gridDim.y = gy; gridDim.z = 1;
     size_t nw = (size_t)n_in * n_out, ns = (size_t)(n_in / rows_per_scale) * n_out;
     std::vector<float> x((size_t)tokens * n_in), partial((size_t)gy * tokens * n_out),
         y((size_t)tokens * n_out, -1.0f);
@@ -57,26 +117,15 @@ int main(int argc, char** argv) {
     signed char* w = static_cast<signed char*>(std::aligned_alloc(16, (nw + 15) / 16 * 16));
     std::vector<unsigned short> scales(ns);
     FILE* in = std::fopen(argv[10], "rb");
-    if (!in || std::fread(x.data(), 4, x.size(), in) != x.size() || std::fread(w, 1, nw, in) != nw
-        || std::fread(scales.data(), 2, ns, in) != ns) { std::fprintf(stderr, "bad input\n"); return 2; }
-    std::fclose(in);
-    for (int j = 0; j < gy; j++) {
-        for (int i = 0; i < gx; i++) {
-            blockIdx.x = i; blockIdx.y = j;
-            std::barrier<> barrier(bx * by);
-            block_barrier = &barrier;
-            std::vector<std::thread> threads;
-            for (int ty = 0; ty < by; ty++)
-                for (int tx = 0; tx < bx; tx++)
-                    threads.emplace_back([&, tx, ty] {
-                        threadIdx.x = tx; threadIdx.y = ty;
-                        (tokens == 1 ? int8_gemv : int8_gemv_tokens)(
-                            x.data(), w, scales.data(), partial.data(), arrived.data(), y.data(),
-                            n_out, rows, rows_per_scale);
-                    });
-            for (auto& t : threads) t.join();
-        }
+    if (!in || !read(in, x) || std::fread(w, 1, nw, in) != nw || !read(in, scales)) {
+        std::fprintf(stderr, "bad input\n"); return 2;
     }
+    std::fclose(in);
+    launch(gx, gy, 1, bx, by, [&] {
+        (tokens == 1 ? int8_gemv : int8_gemv_tokens)(
+            x.data(), w, scales.data(), partial.data(), arrived.data(), y.data(), n_out, rows,
+            rows_per_scale);
+    });
     FILE* out = std::fopen(argv[11], "wb");
     std::fwrite(y.data(), 4, y.size(), out);
     std::fwrite(arrived.data(), 4, arrived.size(), out);

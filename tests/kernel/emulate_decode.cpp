@@ -90,11 +90,11 @@ void run_attention_combine(int grid, int block, const float* part, const float* 
 void run_route_top_k(const float* logits, float* probs, int* ids, float* gates, int E, int k) {
     launch(1, 1, 0, [&] { route_top_k(logits, probs, ids, gates, E, k); });
 }
-void run_gelu_mul(int grid, int block, const float* a, const float* b, float* out, int n) {
-    launch(grid, block, 0, [&] { gelu_mul(a, b, out, n); });
+void run_gelu_mul(int grid, int block, const float* xwv, float* out, int width, int n) {
+    launch(grid, block, 0, [&] { gelu_mul(xwv, out, width, n); });
 }
-void run_add_scaled(int grid, int block, const float* gate, const float* y, float* m, int first,
-                    int n) {
-    launch(grid, block, 0, [&] { add_scaled(gate, y, m, first, n); });
+void run_add_experts(int grid, int block, const float* gates, const float* y, float* m, int k,
+                     int n) {
+    launch(grid, block, 0, [&] { add_experts(gates, y, m, k, n); });
 }
 }

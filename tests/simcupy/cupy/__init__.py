@@ -228,12 +228,25 @@ class RawKernel:
         if self.name not in _GEMV_KERNELS:
             return self.decode(grid, block, shared_mem, *(
                 numpy.asarray(a) if isinstance(a, ndarray) else a for a in args))
-        x, w, s = (numpy.asarray(a) for a in args[:3])
-        if self.name == "int8_gemv_routed":     # stacked experts: the index is read "on the GPU"
-            e = int(numpy.asarray(args[3])[int(args[4])])
-            w, s, args = w[e], s[e], args[:3] + args[5:]
-        partial, arrived, y = (numpy.asarray(a) for a in args[3:6])
-        n_out, rows, rows_per_scale = (int(a) for a in args[6:])
+        a = [numpy.asarray(v) if isinstance(v, ndarray) else int(v) for v in args]
+        grid = tuple(grid) + (1,) * (3 - len(grid))            # CuPy takes 1 to 3 dimensions
+        if self.name != "int8_gemv_routed":
+            assert grid[2] == 1
+            return self.gemv(grid, block, *a)
+        x, x_step, w_a, s_a, w_b, s_b, experts, per_expert, partial, arrived, y = a[:11]
+        n_out, tiles, Z = a[11], grid[0], grid[2]      # products by experts read "on the GPU"
+        assert experts.dtype == numpy.int32 and Z == experts.size * per_expert
+        assert x.shape == ((1, w_a.shape[1]) if x_step == 0 else (experts.size, x_step))
+        assert partial.shape == (Z, grid[1], n_out) and y.shape == (Z, n_out)
+        assert arrived.size >= tiles * Z
+        for z in range(Z):
+            slot, b = z // per_expert, z % per_expert != 0
+            e, row = int(experts[slot]), 0 if x_step == 0 else slot
+            self.gemv(grid, block, x[row:row + 1], (w_b if b else w_a)[e],
+                      (s_b if b else s_a)[e], partial[z][:, None], arrived[z * tiles:][:tiles],
+                      y[z:z + 1], *a[11:])
+
+    def gemv(self, grid, block, x, w, s, partial, arrived, y, n_out, rows, rows_per_scale):
         tokens = self.tokens
         assert block == (32, 8) and grid[0] * 512 >= n_out > (grid[0] - 1) * 512
         assert grid[1] * rows == w.shape[0] and x.shape == (tokens, w.shape[0])
@@ -303,16 +316,21 @@ class _DecodeKernels:
         gates[:] = probs[ids]
 
     @staticmethod
-    def gelu_mul(grid, block, shared_mem, a, b, out, n):
-        assert grid[0] * block[0] >= n == a.size
-        x = a.ravel()
+    def gelu_mul(grid, block, shared_mem, xwv, out, width, n):
+        assert grid[0] * block[0] >= n == out.size == xwv.size // 2 and n % width == 0
+        xv = xwv.reshape(-1, 2, width)
+        x = xv[:, 0]
         c = numpy.float32(0.7978845608028654)
-        out.ravel()[:] = 0.5 * x * (1 + numpy.tanh(c * (x + numpy.float32(0.044715) * x**3))) * b.ravel()
+        out.reshape(-1, width)[:] = \
+            0.5 * x * (1 + numpy.tanh(c * (x + numpy.float32(0.044715) * x**3))) * xv[:, 1]
 
     @staticmethod
-    def add_scaled(grid, block, shared_mem, gate, y, m, first, n):
-        assert grid[0] * block[0] >= n == m.size and gate.size == 1
-        m.ravel()[:] = (0 if first else m.ravel()) + gate[0] * y.ravel()
+    def add_experts(grid, block, shared_mem, gates, y, m, k, n):
+        assert grid[0] * block[0] >= n == m.size and gates.size == k and y.shape == (k, n)
+        total = numpy.zeros(n, dtype=numpy.float32)
+        for e in range(k):
+            total = total + gates[e] * y[e]
+        m.ravel()[:] = total
 
 
 def _elapsed(start, end):

@@ -216,19 +216,23 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # on an H200 (2026-11-27, `tests/gpu_profile.py`) for one full-width Grok-1 layer, whose
 # 1.3 GB of active int8 take 0.31 ms to read at the card's 4.2 TB/s:
 #
-# | one decode step through a layer | time |
+# | one more layer in a decode step (`bench`'s `layer_decode_s`) | time |
 # |---|---|
 # | teaching code (`decoder_layer` with a `trace`) | 4.0-4.5 ms |
-# | `fast.decode_layer` (the same steps in ~22 launches) | 0.71-0.85 ms |
+# | `fast.decode_layer`, one launch per expert and matrix (22 launches) | 0.69-0.72 ms |
+# | `fast.decode_layer`, both experts in each launch (16 launches) | 0.51 ms |
 #
 # `decode_layer` (in `minigrok/fast.py`) is the teaching layer rewritten as a few kernels:
 # one RMSNorm per launch, RoPE and the cache write in one, attention for the new token in
 # two (`fast.attend`, next section), the router's softmax and top-2
-# in one, the expert products by `int8_gemv_routed`, which reads the chosen expert's index
-# in GPU memory so that the host never waits for the router. Each kernel is the teaching
+# in one, the expert products by `int8_gemv_routed`, which reads the chosen experts'
+# indices in GPU memory so that the host never waits for the router, and takes both
+# experts' up and gate products in one launch (a third grid dimension), their down
+# products in another. Each kernel is the teaching
 # formula in the teaching order, compiled without fused multiply-adds, and
 # `tests/test_cupy.py` holds the layer to `decoder_layer` on random layers, positions and
-# padding. What is left is mostly the expert products: six 201 MB reads at ~2.7 TB/s.
+# padding. What is left: the expert products (six 201 MB reads at ~3.2 TB/s) and the host's
+# time to queue the 16 launches, ~0.59 ms a layer, about as long as the GPU takes.
 
 # %% [markdown]
 # ## Attention over a long cache, in parts: `fast.attend`
@@ -238,8 +242,8 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # the rest of the layer. To read it at the memory's speed, many blocks must read at once,
 # and each cache row should be read once, not once for each of the 6 query heads that share
 # its kv head. So `fast.attend` gives each GPU block one kv head
-# and a chunk of `fast.ATTENTION_CHUNK` rows (8 kv heads x 64 chunks = 512 blocks for 8192
-# rows); a block does the whole softmax and weighted sum over its own chunk and keeps its
+# and a chunk of `fast.ATTENTION_CHUNK` rows (8 kv heads x 128 chunks of 64 rows = 1024
+# blocks for 8192 rows); a block does the whole softmax and weighted sum over its own chunk and keeps its
 # scores' maximum m_c and sum of exponentials l_c. A second kernel then adds the chunks'
 # answers, each weighted by its share of the whole softmax, l_c exp(m_c - m) / sum over the
 # chunks of the same (m: the largest m_c). That is exact algebra, not an approximation; in

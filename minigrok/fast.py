@@ -599,6 +599,23 @@ extern "C" __global__ void int8_gemv_tokens(
     gemv<GEMV_TOKENS>(x, w, scales, partial, arrived, y, n_out, rows, rows_per_scale);
 }
 
+// Up to three products of one token's x in one launch (a decode step's query, key and
+// value): product z = blockIdx.z is by w0, w1 or w2, each [n_in, n_z] with its own scales,
+// output and scale blocks. The grid's columns cover the widest; a block past its own
+// matrix's columns has nothing to do, and returns before it could be counted in.
+extern "C" __global__ void int8_gemv_three(
+        const float* x, const signed char* w0, const unsigned short* s0, float* y0, int n0,
+        int rps0, const signed char* w1, const unsigned short* s1, float* y1, int n1, int rps1,
+        const signed char* w2, const unsigned short* s2, float* y2, int n2, int rps2,
+        float* partial, unsigned int* arrived, int n_widest, int rows) {
+    int z = blockIdx.z;
+    int n_out = z == 0 ? n0 : z == 1 ? n1 : n2;
+    if (blockIdx.x * 512 >= n_out) return;                 // the whole block, before any barrier
+    gemv<1>(x, z == 0 ? w0 : z == 1 ? w1 : w2, z == 0 ? s0 : z == 1 ? s1 : s2,
+            partial + (size_t)z * gridDim.y * n_widest, arrived + (size_t)z * gridDim.x,
+            z == 0 ? y0 : z == 1 ? y1 : y2, n_out, rows, z == 0 ? rps0 : z == 1 ? rps1 : rps2);
+}
+
 // A decode step's products by its routed experts, all in one launch. Product z (blockIdx.z)
 // is by expert experts[z / per_expert] of stacked weights [E, n_in, n_out] and scales
 // [E, n_blocks, n_out]: w_a's for z % per_expert == 0, else w_b's; its x is row
@@ -679,6 +696,27 @@ def int8_gemv(x, weight, scales):
             xt, weight, scales, partial, _tile_counters(cupy, grid[0]), y, *sizes))
         out.append(y[:min(tokens, T - t0)])
     return cupy.concatenate(out)
+
+
+def int8_gemv_three(x, weights):
+    """One token by up to three matrices in one launch: x [1, in] float32; weights: 1 to 3
+    QuantizedWeight8bit [in, out_i] on the GPU (a decode step's query, key and value) ->
+    a tuple of [1, out_i] float32: x @ dequantize(weights[i]), summed as int8_gemv sums."""
+    import cupy
+
+    n_in, widths = weights[0].weight.shape[0], tuple(w.weight.shape[1] for w in weights)
+    grid, block, rows = three_launch(n_in, widths, tuple(n_in // w.scales.shape[0]
+                                                         for w in weights))
+    widest = max(widths)
+    partial = cupy.empty((len(weights), grid[1], widest), dtype=cupy.float32)
+    ys = tuple(cupy.empty((1, w.weight.shape[1]), dtype=cupy.float32) for w in weights)
+    per = [(w.weight, cupy.ascontiguousarray(w.scales), y, cupy.int32(y.shape[1]),
+            cupy.int32(n_in // w.scales.shape[0])) for w, y in zip(weights, ys)]
+    per += [per[-1]] * (3 - len(per))                     # unused slots: never read
+    _gemv_kernel("int8_gemv_three")(grid, block, (
+        cupy.ascontiguousarray(x, dtype=cupy.float32), *(a for p in per for a in p), partial,
+        _tile_counters(cupy, grid[0] * grid[2]), cupy.int32(widest), cupy.int32(rows)))
+    return ys
 
 
 def int8_gemv_routed(x, weights, experts):
@@ -772,20 +810,37 @@ def int8_matmul_gpu(x, weight, scales):
     return (parts * s[:, None, :]).sum(axis=0)                           # [T, out]
 
 
+def _block_rows(n_in: int, rows_per_scale: int, tiles: int) -> int:
+    """Rows per block: the most that stay in one scale block and leave ~GEMV_BLOCKS blocks
+    for ``tiles`` column tiles."""
+    rows = math.gcd(rows_per_scale, GEMV_ROWS)
+    while rows % 2 == 0 and rows > GEMV_MIN_ROWS and tiles * (n_in // rows) < GEMV_BLOCKS:
+        rows //= 2
+    return rows
+
+
+def _tiles(n_out: int) -> int:
+    return -(-n_out // (GEMV_WARPS * GEMV_COLUMNS))
+
+
 @functools.lru_cache(maxsize=256)
 def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int, products: int = 1):
     """The kernel's launch for ``products`` products of one shape at once: (grid, block, rows
     per block, rows per scale block)."""
     rows_per_scale = n_in // n_scale_blocks
-    rows = math.gcd(rows_per_scale, GEMV_ROWS)          # a block's rows stay in one scale block
-    tiles = -(-n_out // (GEMV_WARPS * GEMV_COLUMNS))
-    while rows % 2 == 0 and rows > GEMV_MIN_ROWS and \
-            tiles * (n_in // rows) * products < GEMV_BLOCKS:
-        rows //= 2
-    return (tiles, n_in // rows, products), (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale
+    rows = _block_rows(n_in, rows_per_scale, _tiles(n_out) * products)
+    return (_tiles(n_out), n_in // rows, products), (GEMV_WARPS, GEMV_LANES), rows, rows_per_scale
 
 
-# -- GPU decoding: one token through a whole layer in 16 launches -----------------------------
+@functools.lru_cache(maxsize=256)
+def three_launch(n_in: int, widths: tuple, rows_per_scales: tuple):
+    """int8_gemv_three's launch for matrices [n_in, widths[i]]: (grid, block, rows per block).
+    The rows are those the matrices' own tiles, all together, need."""
+    rows = _block_rows(n_in, math.gcd(*rows_per_scales), sum(map(_tiles, widths)))
+    return (_tiles(max(widths)), n_in // rows, len(widths)), (GEMV_WARPS, GEMV_LANES), rows
+
+
+# -- GPU decoding: one token through a whole layer in 14 launches -----------------------------
 #
 # A decode step's arithmetic is tiny next to its weights, but the teaching code spends ~150
 # small CuPy operations per layer, each ~5-240 us of host time: on an H200 a full-width layer
@@ -802,9 +857,12 @@ def gemv_launch(n_in: int, n_out: int, n_scale_blocks: int, products: int = 1):
 # tests/test_cupy.py holds decode_layer to decoder_layer.
 
 # Cache rows per attention_part block. Short enough that a long cache gives every
-# multiprocessor several blocks (8192 rows, 8 kv heads: 512 blocks on an H200's 132), long
+# multiprocessor several blocks (8192 rows, 8 kv heads: 1024 blocks on an H200's 132), long
 # enough that a short one is one block per kv head and needs no attention_combine.
-ATTENTION_CHUNK = 128
+# Measured on an H200 (tests/gpu_profile.py, two runs), Grok-1's heads at 1024 / 4096 / 8192
+# cached rows: 0.070 / 0.108-0.116 / 0.143-0.167 ms with 64 rows, 0.106 / 0.124-0.136 /
+# 0.154-0.175 with 128; 32 rows won at 1024 (0.058) but lost at 8192 (0.22-0.25).
+ATTENTION_CHUNK = 64
 SHARED_FLOATS = 12288        # the 48 KB of shared memory a block gets without asking
 
 _DECODE_SOURCE = r"""
@@ -1104,7 +1162,11 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     att, experts = layer["multi_head_attention"], layer["moe"]
     stream.prefetch((att["query"], att["key"], att["value"], att["linear"]), h)
     x = _rms_norm(h, layer["rms_norm"])
-    q, k, v = (quant.matmul(x, att[name]) for name in ("query", "key", "value"))  # [1, H*d] ...
+    qkv = [att[name] for name in ("query", "key", "value")]
+    if all(not on_host(w.weight) and gemv_fits(w.weight) for w in qkv):
+        q, k, v = int8_gemv_three(x, qkv)                             # [1, H*d], [1, K*d] x 2
+    else:
+        q, k, v = (quant.matmul(x, w) for w in qkv)
     cache_k, cache_v, cache_keep = layer_cache(cache, index, cupy)
     q_rot = _rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, offset, cfg)
     context = attend(q_rot, cache_k, cache_v, cache_keep, offset + 1, cfg)        # [1, H*d]

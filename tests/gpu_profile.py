@@ -293,9 +293,8 @@ def decode_kernels(m, hbm):
     # name: (launches per step, the launch)
     launches = {
         "rms_norm": (4, lambda: fast._rms_norm(h, layer["rms_norm"], residual=h)),
-        "query": (1, lambda: quant.matmul(h, att["query"])),
-        "key": (1, lambda: quant.matmul(h, att["key"])),
-        "value": (1, lambda: quant.matmul(h, att["value"])),
+        "query_key_value": (1, lambda: fast.int8_gemv_three(
+            h, [att["query"], att["key"], att["value"]])),
         "rope_and_cache": (1, lambda: fast._rope_and_cache(q, k, v, keep, cache_k, cache_v,
                                                             cache_keep, 16, cfg)),
         "attend_17_rows": (1, lambda: fast.attend(q_rot, cache_k, cache_v, cache_keep, 17, cfg)),

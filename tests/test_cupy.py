@@ -33,7 +33,7 @@ def test_cuda_generation_equals_numpy_generation(tiny_dir):
 
 # -- the int8 GEMV kernel ------------------------------------------------------------------------
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from minigrok import fast, moe, quant  # noqa: E402
@@ -95,6 +95,31 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
     check(fast.int8_gemv_routed(cupy.asarray(x2), (A,), ids), x2, [e[0], e[1]])
     assert np.array_equal(fast.int8_gemv_routed(cupy.asarray(x), (A,), ids[:1]).get()[0],
                           fast.int8_gemv_routed(cupy.asarray(x), (B,), ids[1:] - 1).get()[0])
+
+
+@settings(max_examples=20, deadline=None)
+@example(blocks=8, rows=40, matrices=[(528, False), (64, True), (32, False)], seed=0)
+@given(blocks=st.sampled_from([1, 8]), rows=st.integers(1, 120),
+       matrices=st.lists(st.tuples(st.integers(1, 80).map(lambda k: 16 * k), st.booleans()),
+                         min_size=1, max_size=3),
+       seed=st.integers(0, 2**32 - 1))
+def test_three_products_in_one_launch(blocks, rows, matrices, seed):
+    # int8_gemv_three (a decode step's query, key and value): widths that differ, each
+    # matrix with one scale block or `blocks` of them
+    rng = np.random.default_rng(seed)
+    n_in = blocks * rows
+    x = rng.standard_normal((1, n_in)).astype(np.float32)
+    qws = [quant.QuantizedWeight8bit(
+        rng.integers(-128, 128, (n_in, n_out), dtype=np.int8),
+        quant.f32_to_bf16(rng.uniform(-2, 2, (blocks if split else 1, n_out)).astype(np.float32)))
+        for n_out, split in matrices]
+    got = fast.int8_gemv_three(cupy.asarray(x), [
+        quant.QuantizedWeight8bit(cupy.asarray(q.weight), cupy.asarray(q.scales)) for q in qws])
+    assert len(got) == len(qws)
+    for y, q in zip(got, qws):
+        d = quant.dequantize(q).astype(np.float64)
+        assert y.shape == (1, q.weight.shape[1]) and y.dtype == np.float32
+        assert np.all(np.abs(y.get() - x @ d) <= 1e-5 * (np.abs(x) @ np.abs(d)) + 1e-30)
 
 
 # -- decoding: one token through a layer in a few kernels ----------------------------------------

@@ -118,6 +118,41 @@ def test_routed_kernel_source_takes_each_experts_matrix(emulator, tmp_path_facto
         assert np.all(np.abs(y[z] - xr @ dense) <= 1e-5 * (np.abs(xr) @ np.abs(dense)) + 1e-30), z
 
 
+@settings(max_examples=6, deadline=None)
+@example(blocks=4, rows=40, matrices=[(528, False), (64, True), (32, False)], seed=0)
+@given(blocks=st.sampled_from([1, 4]), rows=st.sampled_from([3, 40, 64]),
+       matrices=st.lists(st.tuples(st.integers(1, 40).map(lambda k: 16 * k), st.booleans()),
+                         min_size=1, max_size=3),
+       seed=st.integers(0, 2**32 - 1))
+def test_three_kernel_source_gives_each_product(emulator, tmp_path_factory, blocks, rows,
+                                                matrices, seed):
+    # int8_gemv_three: up to three widths (a decode step's query, key and value), each with
+    # one scale block or `blocks`
+    rng = np.random.default_rng(seed)
+    n_in = blocks * rows
+    x = rng.standard_normal(n_in).astype(np.float32)
+    ws = [rng.integers(-128, 128, (n_in, n), dtype=np.int8) for n, _ in matrices]
+    ss = [quant.f32_to_bf16(rng.uniform(-2, 2, (blocks if split else 1, n)).astype(np.float32))
+          for n, split in matrices]
+    widths, rps = tuple(n for n, _ in matrices), tuple(n_in // len(s) for s in ss)
+    grid, block, rows_per_block = fast.three_launch(n_in, widths, rps)
+    io = tmp_path_factory.mktemp("io")
+    (io / "in").write_bytes(x.tobytes() + b"".join(w.tobytes() + s.tobytes()
+                                                   for w, s in zip(ws, ss)))
+    pad = [(0, 1)] * (3 - len(matrices))
+    r = subprocess.run([str(emulator), "three", *map(str, (
+        *grid, n_in, rows_per_block, max(widths),
+        *(v for pair in list(zip(widths, rps)) + pad for v in pair))), io / "in", io / "out"],
+        capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = np.fromfile(io / "out", dtype=np.float32)
+    assert not out[sum(widths):].view(np.uint32).any()          # the counters left as zeros
+    ys = np.split(out[:sum(widths)], np.cumsum(widths)[:-1])
+    for y, w, s in zip(ys, ws, ss):
+        d = quant.dequantize(quant.QuantizedWeight8bit(w, s)).astype(np.float64)
+        assert np.all(np.abs(y - x @ d) <= 1e-5 * (np.abs(x) @ np.abs(d)) + 1e-30)
+
+
 def test_gpu_profile_widening_comparison_still_applies(emulator, tmp_path_factory):
     """tests/gpu_profile.py times the kernel against its own source with the conversion
     instruction's widening put back (I2F_SOURCE, made by a text replacement that must still

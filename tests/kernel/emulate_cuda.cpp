@@ -16,6 +16,12 @@
 // [X_STEP ? K : 1, N_IN]), w_a (int8 [E, N_IN, N_OUT]), s_a (uint16 [E, N_IN / ROWS_PER_SCALE,
 // N_OUT]), w_b, s_b, then the experts (int32 [K]); OUT receives y (float32 [GRID_Z, N_OUT]),
 // then the arrival counters (uint32 [GRID_Z * GRID_X]).
+//
+//   emulate_cuda three GRID_X GRID_Y GRID_Z N_IN ROWS WIDEST N0 RPS0 N1 RPS1 N2 RPS2 IN OUT
+//
+// int8_gemv_three, blocks (32, 8), GRID_Z matrices [N_IN, Nz] with Nz / RPSz rows per scale
+// block: IN holds x (float32 [N_IN]), then each matrix's w (int8) and scales (uint16); OUT
+// receives each y (float32 [Nz]), then the arrival counters (uint32 [GRID_Z * GRID_X]).
 #include <barrier>
 #include <cstdio>
 #include <cstdlib>
@@ -102,8 +108,41 @@ static int routed(char** argv) {
     return 0;
 }
 
+static int three(char** argv) {
+    int gx = std::atoi(argv[2]), gy = std::atoi(argv[3]), gz = std::atoi(argv[4]),
+        n_in = std::atoi(argv[5]), rows = std::atoi(argv[6]), widest = std::atoi(argv[7]);
+    int n[3], rps[3];
+    for (int z = 0; z < 3; z++) { n[z] = std::atoi(argv[8 + 2 * z]); rps[z] = std::atoi(argv[9 + 2 * z]); }
+    std::vector<float> x(n_in), partial((size_t)gz * gy * widest), y[3];
+    std::vector<signed char> w[3];
+    std::vector<unsigned short> s[3];
+    std::vector<unsigned int> arrived((size_t)gz * gx, 0);
+    FILE* in = std::fopen(argv[14], "rb");
+    bool ok = in && read(in, x);
+    for (int z = 0; z < 3; z++) {
+        w[z].resize(z < gz ? (size_t)n_in * n[z] : 16);
+        s[z].resize(z < gz ? (size_t)(n_in / rps[z]) * n[z] : 1);
+        y[z].assign(z < gz ? n[z] : 1, -1.0f);
+        if (z < gz) ok = ok && read(in, w[z]) && read(in, s[z]);
+    }
+    if (!ok) { std::fprintf(stderr, "bad input\n"); return 2; }
+    std::fclose(in);
+    launch(gx, gy, gz, 32, 8, [&] {
+        int8_gemv_three(x.data(), w[0].data(), s[0].data(), y[0].data(), n[0], rps[0],
+                        w[1].data(), s[1].data(), y[1].data(), n[1], rps[1], w[2].data(),
+                        s[2].data(), y[2].data(), n[2], rps[2], partial.data(), arrived.data(),
+                        widest, rows);
+    });
+    FILE* out = std::fopen(argv[15], "wb");
+    for (int z = 0; z < gz; z++) std::fwrite(y[z].data(), 4, y[z].size(), out);
+    std::fwrite(arrived.data(), 4, arrived.size(), out);
+    std::fclose(out);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     if (argc == 14 && std::strcmp(argv[1], "routed") == 0) return routed(argv);
+    if (argc == 16 && std::strcmp(argv[1], "three") == 0) return three(argv);
     if (argc != 12) { std::fprintf(stderr, "usage: see the top of emulate_cuda.cpp\n"); return 2; }
     int gx = std::atoi(argv[1]), gy = std::atoi(argv[2]), bx = std::atoi(argv[3]),
         by = std::atoi(argv[4]), n_in = std::atoi(argv[5]), n_out = std::atoi(argv[6]),

@@ -204,7 +204,7 @@ class Event:
         pass
 
 
-_GEMV_KERNELS = ("int8_gemv", "int8_gemv_routed", "int8_gemv_tokens")
+_GEMV_KERNELS = ("int8_gemv", "int8_gemv_routed", "int8_gemv_three", "int8_gemv_tokens")
 
 
 class RawKernel:
@@ -230,6 +230,8 @@ class RawKernel:
                 numpy.asarray(a) if isinstance(a, ndarray) else a for a in args))
         a = [numpy.asarray(v) if isinstance(v, ndarray) else int(v) for v in args]
         grid = tuple(grid) + (1,) * (3 - len(grid))            # CuPy takes 1 to 3 dimensions
+        if self.name == "int8_gemv_three":
+            return self.three(grid, block, a)
         if self.name != "int8_gemv_routed":
             assert grid[2] == 1
             return self.gemv(grid, block, *a)
@@ -245,6 +247,15 @@ class RawKernel:
             self.gemv(grid, block, x[row:row + 1], (w_b if b else w_a)[e],
                       (s_b if b else s_a)[e], partial[z][:, None], arrived[z * tiles:][:tiles],
                       y[z:z + 1], *a[11:])
+
+    def three(self, grid, block, a):
+        x, (partial, arrived, widest, rows) = a[0], a[16:]
+        assert grid[0] * 512 >= widest > (grid[0] - 1) * 512 and 1 <= grid[2] <= 3
+        assert partial.shape == (grid[2], grid[1], widest) and arrived.size >= grid[0] * grid[2]
+        for z in range(grid[2]):                       # each product on its own columns
+            w, s, y, n_out, rows_per_scale = a[1 + 5 * z:6 + 5 * z]
+            self.gemv((-(-n_out // 512), grid[1], 1), block, x, w, s,
+                      partial[z][:, None, :n_out], arrived, y, n_out, rows, rows_per_scale)
 
     def gemv(self, grid, block, x, w, s, partial, arrived, y, n_out, rows, rows_per_scale):
         tokens = self.tokens

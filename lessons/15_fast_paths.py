@@ -221,6 +221,7 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # | teaching code (`decoder_layer` with a `trace`) | 4.0-4.5 ms |
 # | `fast.decode_layer`, one launch per expert and matrix (22 launches) | 0.69-0.72 ms |
 # | `fast.decode_layer`, both experts in each launch (16 launches) | 0.51 ms |
+# | `fast.decode_layer`, query, key and value in one launch too (14 launches) | 0.52 ms |
 #
 # `decode_layer` (in `minigrok/fast.py`) is the teaching layer rewritten as a few kernels:
 # one RMSNorm per launch, RoPE and the cache write in one, attention for the new token in
@@ -228,11 +229,12 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # in one, the expert products by `int8_gemv_routed`, which reads the chosen experts'
 # indices in GPU memory so that the host never waits for the router, and takes both
 # experts' up and gate products in one launch (a third grid dimension), their down
-# products in another. Each kernel is the teaching
-# formula in the teaching order, compiled without fused multiply-adds, and
+# products in another; `int8_gemv_three` does the query, key and value products in one.
+# Each kernel is the teaching formula in the teaching order, compiled without fused
+# multiply-adds, and
 # `tests/test_cupy.py` holds the layer to `decoder_layer` on random layers, positions and
-# padding. What is left: the expert products (six 201 MB reads at ~3.2 TB/s) and the host's
-# time to queue the 16 launches, ~0.59 ms a layer, about as long as the GPU takes.
+# padding. What is left: the expert products (six 201 MB reads at ~3 TB/s) and the host's
+# time to queue the 14 launches, ~0.57 ms a layer, about as long as the GPU takes.
 
 # %% [markdown]
 # ## Attention over a long cache, in parts: `fast.attend`

@@ -475,8 +475,8 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
 #   * the int8 becomes float32 by a byte permute and a subtraction, not the conversion
 #     instruction (I2F), whose rate on Hopper (16 per clock per multiprocessor, ~4.2 T/s on
 #     an H200) is no higher than the memory's: with it the kernel read experts at 2.87 TB/s
-#     of the card's 4.2. (Chosen by that arithmetic and not yet run on a GPU:
-#     tests/gpu_profile.py's gemv_widen row times both widenings.)
+#     of the card's 4.2. Measured on an H200 (tests/gpu_profile.py's gemv_widen), the
+#     byte permute read the expert matrices 1-26% faster, with the same output bit for bit.
 #   * each block writes one partial row [n_out]; the last block of a column tile to finish
 #     adds the tile's partial rows, always in the same order. No float atomics: the sum is
 #     the same on every run, and one launch gives y. (With one thread adding a column's 96
@@ -610,7 +610,7 @@ extern "C" __global__ void int8_gemv_three(
         float* partial, unsigned int* arrived, int n_widest, int rows) {
     int z = blockIdx.z;
     int n_out = z == 0 ? n0 : z == 1 ? n1 : n2;
-    if (blockIdx.x * 512 >= n_out) return;                 // the whole block, before any barrier
+    if (blockIdx.x * 512 >= n_out) return;     // (512 columns a block) before any barrier
     gemv<1>(x, z == 0 ? w0 : z == 1 ? w1 : w2, z == 0 ? s0 : z == 1 ? s1 : s2,
             partial + (size_t)z * gridDim.y * n_widest, arrived + (size_t)z * gridDim.x,
             z == 0 ? y0 : z == 1 ? y1 : y2, n_out, rows, z == 0 ? rps0 : z == 1 ? rps1 : rps2);
@@ -695,7 +695,7 @@ def int8_gemv(x, weight, scales):
         _gemv_kernel("int8_gemv_tokens")(grid, block, (
             xt, weight, scales, partial, _tile_counters(cupy, grid[0]), y, *sizes))
         out.append(y[:min(tokens, T - t0)])
-    return cupy.concatenate(out)
+    return out[0] if len(out) == 1 else cupy.concatenate(out)
 
 
 def int8_gemv_three(x, weights):
@@ -852,8 +852,10 @@ def three_launch(n_in: int, widths: tuple, rows_per_scales: tuple):
 # it there), so for resident layers the host never waits and queues the next layer while
 # the GPU still reads this one's experts. Both experts go through each of their steps in one
 # launch: their up and gate products (4 matrices), gelu_mul, their down products, the gated
-# sum. At one launch per expert and matrix a step took 22 launches, and on an H200 the host
-# needed about as long to queue them (~0.77 ms) as the GPU to run them (~0.8 ms).
+# sum; the query, key and value products share one launch too. At one launch per matrix a
+# step took 22 launches, and on an H200 the host needed about as long to queue them
+# (0.77 ms) as the GPU to run them: one more layer took 0.69 ms. With 14 it takes 0.51 ms,
+# of which the host's queueing is still ~0.57 ms when a layer runs alone (docs/performance.md).
 # tests/test_cupy.py holds decode_layer to decoder_layer.
 
 # Cache rows per attention_part block. Short enough that a long cache gives every

@@ -10,10 +10,12 @@ instruction its widening replaced (I2F_SOURCE below); the host's cost of one sma
 operation of each kind (the price of every launch in a decode step); one decode step through
 layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median of 20,
 synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside the
-GPU's time for it; each kind of launch in that step on its own (decode_kernels: their sum
-against the step's GPU time shows the gaps between launches); the decode attention at cache
-lengths 16 to 8192 and several chunk sizes; host-to-GPU copy
-rates of one expert matrix from the memory map and from pinned memory. Launch-bound shows as
+GPU's time for it; each kind of launch in that step on its own (decode_kernels: 50 queued
+back to back, so a launch whose host side is slower than its kernel is timed at the host's
+rate; their sum against the step's GPU time shows the gaps between launches); the decode
+attention at cache lengths 16 to 8192 and several chunk sizes; one expert matrix's product
+with 4 to 256 tokens by each prefill path; host-to-GPU copy rates of one expert matrix from
+the memory map and from pinned memory. Launch-bound shows as
 parts far slower than their bytes over the HBM rate, and as the op costs times the op count.
 A part that fails prints an "error" row.
 """

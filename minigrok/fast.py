@@ -653,10 +653,11 @@ def _tile_counters(cupy, tiles: int):
 
 
 def gemv_fits(weight) -> bool:
-    """Whether int8_gemv can take this CuPy weight ([in, out], or [E, in, out] stacked
-    experts): 16-byte rows on a 16-byte aligned start."""
-    return weight.shape[-1] % GEMV_COLUMNS == 0 and weight.data.ptr % 16 == 0 and \
-        weight.flags.c_contiguous
+    """Whether the int8 GEMV kernels can take this weight ([in, out], or [E, in, out]
+    stacked experts): on the GPU (not a streamed layer's host memory), 16-byte rows on a
+    16-byte aligned start."""
+    return not on_host(weight) and weight.shape[-1] % GEMV_COLUMNS == 0 and \
+        weight.data.ptr % 16 == 0 and weight.flags.c_contiguous
 
 
 def _gemv_kernel(name: str):
@@ -675,16 +676,9 @@ def int8_gemv(x, weight, scales):
     import cupy
 
     T, (n_in, n_out) = x.shape[0], weight.shape
+    name, tokens = ("int8_gemv", 1) if T == 1 else ("int8_gemv_tokens", GEMV_TOKENS)
     x, scales = cupy.ascontiguousarray(x, dtype=cupy.float32), cupy.ascontiguousarray(scales)
     grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, scales.shape[0])
-    sizes = (cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale))
-    if T == 1:                                   # decoding: the lean path
-        partial = cupy.empty((grid[1], 1, n_out), dtype=cupy.float32)
-        y = cupy.empty((1, n_out), dtype=cupy.float32)
-        _gemv_kernel("int8_gemv")(grid, block, (
-            x, weight, scales, partial, _tile_counters(cupy, grid[0]), y, *sizes))
-        return y
-    tokens = GEMV_TOKENS
     partial = cupy.empty((grid[1], tokens, n_out), dtype=cupy.float32)
     out = []
     for t0 in range(0, T, tokens):
@@ -692,8 +686,9 @@ def int8_gemv(x, weight, scales):
         if len(xt) < tokens:                    # a prefill's last few tokens, padded with zeros
             xt = cupy.concatenate([xt, cupy.zeros((tokens - len(xt), n_in), cupy.float32)])
         y = cupy.empty((tokens, n_out), dtype=cupy.float32)
-        _gemv_kernel("int8_gemv_tokens")(grid, block, (
-            xt, weight, scales, partial, _tile_counters(cupy, grid[0]), y, *sizes))
+        _gemv_kernel(name)(grid, block, (
+            xt, weight, scales, partial, _tile_counters(cupy, grid[0]), y,
+            cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale)))
         out.append(y[:min(tokens, T - t0)])
     return out[0] if len(out) == 1 else cupy.concatenate(out)
 
@@ -705,13 +700,13 @@ def int8_gemv_three(x, weights):
     import cupy
 
     n_in, widths = weights[0].weight.shape[0], tuple(w.weight.shape[1] for w in weights)
-    grid, block, rows = three_launch(n_in, widths, tuple(n_in // w.scales.shape[0]
-                                                         for w in weights))
+    rows_per_scale = tuple(n_in // w.scales.shape[0] for w in weights)
+    grid, block, rows = three_launch(n_in, widths, rows_per_scale)
     widest = max(widths)
     partial = cupy.empty((len(weights), grid[1], widest), dtype=cupy.float32)
-    ys = tuple(cupy.empty((1, w.weight.shape[1]), dtype=cupy.float32) for w in weights)
-    per = [(w.weight, cupy.ascontiguousarray(w.scales), y, cupy.int32(y.shape[1]),
-            cupy.int32(n_in // w.scales.shape[0])) for w, y in zip(weights, ys)]
+    ys = tuple(cupy.empty((1, n), dtype=cupy.float32) for n in widths)
+    per = [(w.weight, cupy.ascontiguousarray(w.scales), y, cupy.int32(n), cupy.int32(r))
+           for w, y, n, r in zip(weights, ys, widths, rows_per_scale)]
     per += [per[-1]] * (3 - len(per))                     # unused slots: never read
     _gemv_kernel("int8_gemv_three")(grid, block, (
         cupy.ascontiguousarray(x, dtype=cupy.float32), *(a for p in per for a in p), partial,
@@ -1165,7 +1160,7 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     stream.prefetch((att["query"], att["key"], att["value"], att["linear"]), h)
     x = _rms_norm(h, layer["rms_norm"])
     qkv = [att[name] for name in ("query", "key", "value")]
-    if all(not on_host(w.weight) and gemv_fits(w.weight) for w in qkv):
+    if all(gemv_fits(w.weight) for w in qkv):
         q, k, v = int8_gemv_three(x, qkv)                             # [1, H*d], [1, K*d] x 2
     else:
         q, k, v = (quant.matmul(x, w) for w in qkv)
@@ -1178,9 +1173,8 @@ def decode_layer(h, layer: dict, cfg, *, keep, offset: int, cache, index: int):
     logits = x @ cupy.asarray(layer["router"], dtype=cupy.float32)               # [1, E]
     top = cfg.num_selected_experts
     ids, gates = _route(logits, top)
-    names = ("linear", "linear_v", "linear_1")
     up, down = (experts["linear"], experts["linear_v"]), (experts["linear_1"],)
-    if all(not on_host(experts[n].weight) and gemv_fits(experts[n].weight) for n in names):
+    if all(gemv_fits(w.weight) for w in up + down):
         weights = None                   # resident: the GEMV reads the experts' indices itself
         xwv = int8_gemv_routed(x, up, ids)                                       # [2k, F]
     else:                                # streamed: the host must learn which to copy (a wait)

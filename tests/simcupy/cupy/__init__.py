@@ -232,9 +232,12 @@ class RawKernel:
         grid = tuple(grid) + (1,) * (3 - len(grid))            # CuPy takes 1 to 3 dimensions
         if self.name == "int8_gemv_three":
             return self.three(grid, block, a)
-        if self.name != "int8_gemv_routed":
-            assert grid[2] == 1
-            return self.gemv(grid, block, *a)
+        if self.name == "int8_gemv_routed":
+            return self.routed(grid, block, a)
+        assert grid[2] == 1
+        return self.gemv(grid, block, *a)
+
+    def routed(self, grid, block, a):
         x, x_step, w_a, s_a, w_b, s_b, experts, per_expert, partial, arrived, y = a[:11]
         n_out, tiles, Z = a[11], grid[0], grid[2]      # products by experts read "on the GPU"
         assert experts.dtype == numpy.int32 and Z == experts.size * per_expert

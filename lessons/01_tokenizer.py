@@ -17,14 +17,14 @@
 #   (lesson 13 shows what adding one does to the logits);
 # - id 0 is padding, and the model never attends to a padding key (lesson 07).
 #
-# **The code.** `minigrok/tokenizer.py`: `find_tokenizer`, `load_tokenizer`, `encode`,
+# **The code.** `minigrok/formats/tokenizer.py`: `find_tokenizer`, `load_tokenizer`, `encode`,
 # `decode`, and `stream_piece` for printing text while it is generated.
 
 # %%
 import sys
 
 import _common as C
-from minigrok import tokenizer as tok
+from minigrok.formats import tokenizer as tok
 
 args = C.setup(1, "the tokenizer")
 try:

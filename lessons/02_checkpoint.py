@@ -19,8 +19,8 @@
 # weights into 62 of the 64 layers, and the model still produces plausible-looking output
 # (lesson 13 measures the damage).
 #
-# **The code.** `minigrok/checkpoint.py` (`tensor_specs`, `tensor_file`, `open_checkpoint`,
-# `inspect_rows`) and `minigrok/safepickle.py` (reads the pickles without running them).
+# **The code.** `minigrok/formats/checkpoint.py` (`tensor_specs`, `tensor_file`, `open_checkpoint`,
+# `inspect_rows`) and `minigrok/formats/safepickle.py` (reads the pickles without running them).
 
 # %%
 import pickletools
@@ -28,9 +28,9 @@ import time
 
 import _common as C
 import numpy as np
-from minigrok import safepickle
+from minigrok.formats import safepickle
 from minigrok.api import default_checkpoint
-from minigrok.checkpoint import (CKPT_DIR, find_root, inspect_rows, open_checkpoint,
+from minigrok.formats.checkpoint import (CKPT_DIR, find_root, inspect_rows, open_checkpoint,
                                  tensor_file, tensor_specs)
 
 args = C.setup(2, "the checkpoint on disk")
@@ -102,7 +102,7 @@ C.save_figure(fig, "layer_order")
 # `pickletools.genops` walks a pickle's opcodes *without executing them*. A pickle is a
 # program for a small stack machine: `STACK_GLOBAL` names a Python object to import and
 # `REDUCE` / `NEWOBJ` call it. That is why the official loader's `pickle.load` would run
-# whatever a tampered file asks; `minigrok/safepickle.py` interprets these opcodes itself,
+# whatever a tampered file asks; `minigrok/formats/safepickle.py` interprets these opcodes itself,
 # accepts only the handful a numpy array and `QuantizedWeight8bit` need, and never reads
 # the payload bytes (`BINBYTES`): it notes where they lie and memory-maps them.
 #

@@ -21,13 +21,13 @@
 # $x_b (q_b \, s_b) = (x_b \, q_b) \, s_b$: `quant.matmul` multiplies by the int8 rows
 # (widened a few MB at a time) and scales the small $[T, \text{out}]$ result instead.
 #
-# **The code.** `minigrok/quant.py`: `quantize`, `dequantize`, `bf16_to_f32`,
+# **The code.** `minigrok/reference/quant.py`: `quantize`, `dequantize`, `bf16_to_f32`,
 # `f32_to_bf16`, `matmul`, `linear`.
 
 # %%
 import _common as C
 import numpy as np
-from minigrok import quant
+from minigrok.reference import quant
 
 args = C.setup(3, "int8 quantisation and block scales")
 rng = np.random.default_rng(3)
@@ -126,7 +126,7 @@ print("max |difference|:", float(np.abs(full - chunked).max()))
 # Count the bytes of every stored tensor of Grok-1:
 
 # %%
-from minigrok.checkpoint import tensor_specs
+from minigrok.formats.checkpoint import tensor_specs
 
 n_int8 = sum(int(np.prod(s.shape)) for s in tensor_specs(C.GROK1) if s.scales)
 n_scales = sum(int(np.prod(s.scales)) for s in tensor_specs(C.GROK1) if s.scales)

@@ -16,14 +16,14 @@
 # (rms about $1/\sqrt{D}$) while the residual stream starts at rms about 1; the second
 # tempers the logits. A port that forgets either still runs, and is wrong everywhere.
 #
-# **The code.** `minigrok/model.py`: `embed(params, cfg, tokens)` and
-# `unembed(params, cfg, h)`; the constants are fields of `minigrok/config.py`'s `Config`.
+# **The code.** `minigrok/reference/model.py`: `embed(params, cfg, tokens)` and
+# `unembed(params, cfg, h)`; the constants are fields of `minigrok/reference/config.py`'s `Config`.
 
 # %%
 import _common as C
 import numpy as np
-from minigrok.model import embed, unembed
-from minigrok.rmsnorm import rms_norm
+from minigrok.reference.model import embed, unembed
+from minigrok.reference.rmsnorm import rms_norm
 
 args = C.setup(4, "embeddings and the two multipliers")
 model = C.load(args)

@@ -24,14 +24,14 @@
 # rms_norm_3 set the size of what each block adds to the stream, whatever the block
 # computed. The update's rms is about the rms of the post-norm's scale.
 #
-# **The code.** `minigrok/rmsnorm.py`: `rms_norm`; `minigrok/layer.py`: `decoder_layer`.
+# **The code.** `minigrok/reference/rmsnorm.py`: `rms_norm`; `minigrok/reference/layer.py`: `decoder_layer`.
 
 # %%
 import _common as C
 import numpy as np
-from minigrok.layer import decoder_layer
-from minigrok.model import embed
-from minigrok.rmsnorm import EPS, rms_norm
+from minigrok.reference.layer import decoder_layer
+from minigrok.reference.model import embed
+from minigrok.reference.rmsnorm import EPS, rms_norm
 
 args = C.setup(5, "RMSNorm and the sandwich")
 rng = np.random.default_rng(5)
@@ -103,7 +103,7 @@ C.save_figure(fig, "residual_stream")
 # %%
 D, L = C.GROK1.emb_size, C.GROK1.num_layers
 print(f"{4 * L + 1} RMSNorms, each {D} float32 scales: {C.fmt_bytes((4 * L + 1) * D * 4)} in all")
-from minigrok.checkpoint import active_int8_bytes
+from minigrok.formats.checkpoint import active_int8_bytes
 
 print(f"per token: about {C.fmt_count((4 * L + 1) * 4 * D)} FLOPs for all norms, against "
       f"~{C.fmt_count(2 * active_int8_bytes(C.GROK1))} for the weight matrix products (lesson 11)")

@@ -21,17 +21,17 @@
 # last pair by $10000^{-(d-2)/d}$ radians per token, so slowly it never completes a turn in
 # Grok-1's 8192-token context.
 #
-# **The code.** `minigrok/rope.py`: `rope_angles`, `rotate_half`, `apply_rope`. RoPE is
+# **The code.** `minigrok/reference/rope.py`: `rope_angles`, `rotate_half`, `apply_rope`. RoPE is
 # applied to queries and keys (not values) inside `attention`, at positions that start at
 # the KV-cache length.
 
 # %%
 import _common as C
 import numpy as np
-from minigrok import quant
-from minigrok.model import embed
-from minigrok.rmsnorm import rms_norm
-from minigrok.rope import BASE, apply_rope, rope_angles, rotate_half
+from minigrok.reference import quant
+from minigrok.reference.model import embed
+from minigrok.reference.rmsnorm import rms_norm
+from minigrok.reference.rope import BASE, apply_rope, rope_angles, rotate_half
 
 args = C.setup(6, "RoPE")
 rng = np.random.default_rng(6)

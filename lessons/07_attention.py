@@ -21,7 +21,7 @@
 # NaN. Output: $\sum_s p_{ts} v_s$ for every head, heads flattened to [T, H d], then
 # $W_o$ (`linear`).
 #
-# **The code.** `minigrok/attention.py`: `attention_weights` (scores, cap, masks, softmax),
+# **The code.** `minigrok/reference/attention.py`: `attention_weights` (scores, cap, masks, softmax),
 # `context` (the weighted sum of values, a block of queries at a time, so that a long prompt
 # never holds all its [H, T, S] scores at once) and `attention` (projections, RoPE,
 # grouping, cache, output projection). The code writes the two head-wise products as
@@ -30,11 +30,11 @@
 # %%
 import _common as C
 import numpy as np
-from minigrok import quant
-from minigrok.attention import MASKED, SCORE_BYTES, SOFT_CAP, attention, attention_weights
-from minigrok.model import embed
-from minigrok.rmsnorm import rms_norm
-from minigrok.rope import apply_rope
+from minigrok.reference import quant
+from minigrok.reference.attention import MASKED, SCORE_BYTES, SOFT_CAP, attention, attention_weights
+from minigrok.reference.model import embed
+from minigrok.reference.rmsnorm import rms_norm
+from minigrok.reference.rope import apply_rope
 
 args = C.setup(7, "grouped-query attention, soft-capping and masks")
 model = C.load(args)

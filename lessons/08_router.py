@@ -20,13 +20,13 @@
 # The router never sees padding specially: the official MoE layer drops its padding mask, so
 # a pad token is routed like any other.
 #
-# **The code.** `minigrok/moe.py`: `route(x, router, k)` returns `probs` [T, E],
+# **The code.** `minigrok/reference/moe.py`: `route(x, router, k)` returns `probs` [T, E],
 # `expert_ids` [T, k] and `gates` [T, k].
 
 # %%
 import _common as C
 import numpy as np
-from minigrok.moe import route
+from minigrok.reference.moe import route
 
 args = C.setup(8, "the router")
 model = C.load(args)

@@ -20,15 +20,15 @@
 # The official code computes all 8 experts for every token and multiplies the 6 unchosen
 # ones by 0; minigrok runs only the chosen ones. Same sum, a quarter of the weights read.
 #
-# **The code.** `minigrok/moe.py`: `gelu`, `expert`, `moe` (and `route`, lesson 08).
+# **The code.** `minigrok/reference/moe.py`: `gelu`, `expert`, `moe` (and `route`, lesson 08).
 
 # %%
 import math
 
 import _common as C
 import numpy as np
-from minigrok import quant
-from minigrok.moe import expert, gelu, moe, route
+from minigrok.reference import quant
+from minigrok.reference.moe import expert, gelu, moe, route
 
 args = C.setup(9, "the experts and top-2 mixing")
 model = C.load(args)

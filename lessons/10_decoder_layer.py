@@ -16,17 +16,17 @@
 # `rms_norm`, `rms_norm_1`, `rms_norm_2`, `rms_norm_3` (named in the order the official code
 # creates them, which is also the order of their files).
 #
-# **The code.** `minigrok/layer.py`: `decoder_layer`; `minigrok/model.py`: `layer_params`
+# **The code.** `minigrok/reference/layer.py`: `decoder_layer`; `minigrok/reference/model.py`: `layer_params`
 # (the nested dict of one layer's parameters, built from the flat checkpoint by name).
 
 # %%
 import _common as C
 import numpy as np
-from minigrok.attention import attention
-from minigrok.layer import decoder_layer
-from minigrok.model import embed, layer_params
-from minigrok.moe import moe
-from minigrok.rmsnorm import rms_norm
+from minigrok.reference.attention import attention
+from minigrok.reference.layer import decoder_layer
+from minigrok.reference.model import embed, layer_params
+from minigrok.reference.moe import moe
+from minigrok.reference.rmsnorm import rms_norm
 
 args = C.setup(10, "the decoder layer")
 model = C.load(args)
@@ -91,7 +91,7 @@ print(f"what the layer added: attention {np.sqrt(((h1 - h) ** 2).mean()):.4f} rm
 # ## On the real model
 
 # %%
-from minigrok.checkpoint import active_int8_bytes, layer_specs
+from minigrok.formats.checkpoint import active_int8_bytes, layer_specs
 
 per_layer = active_int8_bytes(C.GROK1) // C.GROK1.num_layers
 stored = sum(int(np.prod(s.shape)) for s in layer_specs(C.GROK1, 0) if s.scales)

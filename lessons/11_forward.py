@@ -15,15 +15,15 @@
 # probabilities. Everything here runs in float32; the official code runs activations in
 # bfloat16 and agrees with this to about 0.5% of the largest logit (lesson 13).
 #
-# **The code.** `minigrok/model.py`: `model_params`, `embed`, `forward`, `unembed`;
+# **The code.** `minigrok/reference/model.py`: `model_params`, `embed`, `forward`, `unembed`;
 # `minigrok/api.py`: `Model.logits` (the same forward, from a list of ids).
 
 # %%
 import _common as C
 import numpy as np
-from minigrok.layer import decoder_layer
-from minigrok.model import embed, forward, unembed
-from minigrok.rmsnorm import rms_norm
+from minigrok.reference.layer import decoder_layer
+from minigrok.reference.model import embed, forward, unembed
+from minigrok.reference.rmsnorm import rms_norm
 
 args = C.setup(11, "the full forward pass and the logits")
 model = C.load(args)
@@ -93,7 +93,7 @@ print("(a test that only compares greedy tokens can miss a scrambled model: comp
 # ## On the real model
 
 # %%
-from minigrok.checkpoint import active_int8_bytes
+from minigrok.formats.checkpoint import active_int8_bytes
 
 act = active_int8_bytes(C.GROK1)
 V, D = C.GROK1.vocab_size, C.GROK1.emb_size

@@ -18,17 +18,17 @@
 # uses the Gumbel-max trick with a seeded numpy generator; temperature 0 means greedy).
 # The official `run.py` samples with temperature 0.01 and top_p 1: nearly greedy.
 #
-# **The code.** `minigrok/attention.py`: `new_cache` (and `attention`'s cache branch);
-# `minigrok/model.py`: `forward(..., cache, last_only)`; `minigrok/sampling.py`:
-# `top_p_filter`, `sample_token`; `minigrok/generate.py`: `generate_tokens`.
+# **The code.** `minigrok/reference/attention.py`: `new_cache` (and `attention`'s cache branch);
+# `minigrok/reference/model.py`: `forward(..., cache, last_only)`; `minigrok/reference/sampling.py`:
+# `top_p_filter`, `sample_token`; `minigrok/reference/generate.py`: `generate_tokens`.
 
 # %%
 import _common as C
 import numpy as np
-from minigrok.attention import new_cache
-from minigrok.generate import generate_tokens
-from minigrok.model import forward
-from minigrok.sampling import FILTERED_LOGIT, sample_token, top_p_filter
+from minigrok.reference.attention import new_cache
+from minigrok.reference.generate import generate_tokens
+from minigrok.reference.model import forward
+from minigrok.reference.sampling import FILTERED_LOGIT, sample_token, top_p_filter
 
 args = C.setup(12, "KV cache, sampling and generation")
 model = C.load(args)
@@ -114,7 +114,7 @@ for temperature, top_p, seed in ((0.0, 1.0, 0), (0.5, 0.9, 1)):
 # ## On the real model
 
 # %%
-from minigrok.checkpoint import active_int8_bytes
+from minigrok.formats.checkpoint import active_int8_bytes
 
 S, L, K, d = C.GROK1.sequence_len, C.GROK1.num_layers, C.GROK1.num_kv_heads, C.GROK1.key_size
 per_token = 2 * L * K * d * 4

@@ -25,7 +25,7 @@
 # function) and measure what each does to the logits.
 #
 # **The code.** `tests/oracle/official_logits.py`, `tests/oracle/oracle_checks.py`; the mutants
-# patch `minigrok/moe.py`'s `route` and `gelu`, `minigrok/attention.py`'s `apply_rope`
+# patch `minigrok/reference/moe.py`'s `route` and `gelu`, `minigrok/reference/attention.py`'s `apply_rope`
 # and `SOFT_CAP`, and reorder `params["layers"]`.
 
 # %%
@@ -39,12 +39,12 @@ from pathlib import Path
 
 import _common as C
 import numpy as np
-from minigrok import attention as attention_module
-from minigrok import moe as moe_module
-from minigrok.cache import cache_dir
-from minigrok.model import forward
-from minigrok.rmsnorm import rms_norm
-from minigrok.rope import rope_angles
+from minigrok.reference import attention as attention_module
+from minigrok.reference import moe as moe_module
+from minigrok.environment import cache_dir
+from minigrok.reference.model import forward
+from minigrok.reference.rmsnorm import rms_norm
+from minigrok.reference.rope import rope_angles
 
 args = C.setup(13, "checking against the official code")
 model = C.load(args)
@@ -204,8 +204,8 @@ C.save_figure(fig, "mutants")
 # hides from minigrok's own logits hides from the oracle too.
 
 # %%
-from minigrok.config import preset
-from minigrok.make_checkpoint import make_checkpoint
+from minigrok.reference.config import preset
+from minigrok.formats.make_checkpoint import make_checkpoint
 
 src = Path(os.environ.get("GROK1_SRC", Path.home() / ".cache/minigrok/grok-1"))
 venv = Path(os.environ.get("MINIGROK_ORACLE_VENV", Path.home() / ".cache/minigrok/oracle-venv"))

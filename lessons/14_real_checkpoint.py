@@ -18,8 +18,8 @@
 # minigrok memory-maps the checkpoint (lesson 02): its own memory is the activations and the
 # KV cache; the weights live in the operating system's page cache, which keeps whatever fits.
 #
-# **The code.** `minigrok/checkpoint.py`: `active_int8_bytes`, `tensor_specs`,
-# `open_checkpoint`; `minigrok/quant.py`: `matmul` (the kernel that reads the int8 bytes);
+# **The code.** `minigrok/formats/checkpoint.py`: `active_int8_bytes`, `tensor_specs`,
+# `open_checkpoint`; `minigrok/reference/quant.py`: `matmul` (the kernel that reads the int8 bytes);
 # `minigrok bench` measures a checkpoint end to end.
 #
 # Numbers below are labelled **measured** (on this machine, now) or **estimate** (sizes
@@ -31,9 +31,9 @@ import time
 
 import _common as C
 import numpy as np
-from minigrok import quant
+from minigrok.reference import quant
 from minigrok.api import default_checkpoint
-from minigrok.checkpoint import CKPT_DIR, active_int8_bytes, find_root, open_checkpoint, tensor_specs
+from minigrok.formats.checkpoint import CKPT_DIR, active_int8_bytes, find_root, open_checkpoint, tensor_specs
 
 args = C.setup(14, "running the real 314B checkpoint")
 G = C.GROK1
@@ -143,7 +143,7 @@ read = active_int8_bytes(cfg) + cfg.vocab_size * cfg.emb_size * 4
 print(f"this checkpoint: {cfg.num_layers} layers, D = {cfg.emb_size}, {C.fmt_bytes(on_disk)} on disk, "
       f"{C.fmt_bytes(read)} read per decoded token")
 if read < 2e9 or "--measure" in sys.argv:
-    from minigrok.generate import generate_tokens
+    from minigrok.reference.generate import generate_tokens
     model = C.load(args)
     prompt = C.tokens_for(cfg)[:8].tolist()
     times = [time.perf_counter()]

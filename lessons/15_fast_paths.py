@@ -29,8 +29,8 @@
 #   of each column tile adds the partial rows.
 #
 # **The code.** `minigrok/fast.py` (both fast paths and the thread set-up),
-# `minigrok/quant.py`: `matmul` (which path a product takes), `minigrok/placement.py` (the
-# GPU memory plan), `minigrok/stream.py` (copying streamed layers to the GPU),
+# `minigrok/reference/quant.py`: `matmul` (which path a product takes), `minigrok/engine/placement.py` (the
+# GPU memory plan), `minigrok/engine/stream.py` (copying streamed layers to the GPU),
 # `tests/gpu_profile.py` (where a GPU decode step's time goes).
 
 # %%
@@ -39,9 +39,10 @@ import time
 
 import _common as C
 import numpy as np
-from minigrok import fast, quant
-from minigrok.attention import context
-from minigrok.placement import layer_bytes, plan, reserve_bytes
+from minigrok.engine import fast
+from minigrok.reference import quant
+from minigrok.reference.attention import context
+from minigrok.engine.placement import layer_bytes, plan, reserve_bytes
 
 args = C.setup(15, "fast paths, on a CPU and on a GPU")
 G = C.GROK1

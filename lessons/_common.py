@@ -42,7 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9,
                             "axes.titlesize": 10, "image.cmap": "viridis"})
 
-from minigrok.config import GROK1  # noqa: E402,F401
+from minigrok.reference.config import GROK1  # noqa: E402,F401
 from minigrok.errors import MinigrokError  # noqa: E402
 
 # "The answer to life, the universe and everything is 42." in Grok-1's tokenizer (lesson 01
@@ -157,10 +157,10 @@ def moe_inputs(params, cfg, tokens) -> list:
     the first half of each layer is written out here from minigrok's own pieces (lesson 10
     checks such a by-hand layer against decoder_layer); the stream then advances through
     decoder_layer itself."""
-    from minigrok.attention import attention
-    from minigrok.layer import decoder_layer
-    from minigrok.model import embed
-    from minigrok.rmsnorm import rms_norm
+    from minigrok.reference.attention import attention
+    from minigrok.reference.layer import decoder_layer
+    from minigrok.reference.model import embed
+    from minigrok.reference.rmsnorm import rms_norm
 
     keep = tokens > cfg.pad_token
     h = embed(params, cfg, tokens)

@@ -5,16 +5,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import placement
-from . import tokenizer as tok
-from .cache import cache_dir
-from .checkpoint import CKPT_DIR, open_checkpoint
-from .config import preset
+from .engine import runtime
+from .engine.devices import backend
+from .environment import cache_dir
 from .errors import MinigrokError
-from .generate import check_tokens, generate_tokens
-from .make_checkpoint import RECIPE, make_checkpoint
-from .model import forward, model_params
-from .xp import align_small, backend, to_numpy
+from .formats import tokenizer as tok
+from .formats.checkpoint import CKPT_DIR, model_params, open_checkpoint
+from .formats.make_checkpoint import RECIPE, make_checkpoint
+from .reference.config import preset
+from .reference.generate import check_tokens, generate_tokens
+from .reference.model import forward
+from .reference.xp import to_numpy
 
 DEFAULT_PRESET = "tiny"
 
@@ -52,12 +53,9 @@ class Model:
         self.checkpoint = open_checkpoint(path)
         self.config = self.checkpoint.config
         params = model_params(self.checkpoint.params, self.config.num_layers)
-        if self.xp is np:
-            self.params = align_small(params)
-        else:                            # resident where it fits, streamed where not
-            limit = None if gpu_memory is None else int(gpu_memory * 2**30)
-            self.params = placement.place(params, self.config, placement.parse_devices(device),
-                                          limit)
+        # The engine's parameters and decoder layer: on GPUs resident where they fit and
+        # streamed where not (engine/placement.py); the model code is the reference's.
+        self.params, self.layer_fn = runtime.prepare(params, self.config, device, gpu_memory)
         self._tokenizer_path = tokenizer
         self._sp = None
 
@@ -79,14 +77,16 @@ class Model:
     def logits(self, ids) -> np.ndarray:
         """Full-sequence logits, no cache: ids [T] -> float32 numpy [T, V]."""
         ids = check_tokens(ids, self.config.vocab_size)
-        return to_numpy(forward(self.params, self.config, self.xp.asarray(ids)))
+        return to_numpy(forward(self.params, self.config, self.xp.asarray(ids),
+                                layer_fn=self.layer_fn))
 
     def generate_ids(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0,
                      top_p: float = 1.0, seed: int = 0):
         """Yield new token ids; ``prompt`` is text or a list of token ids."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         return generate_tokens(self.params, self.config, ids, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_p=top_p, seed=seed, xp=self.xp)
+                               temperature=temperature, top_p=top_p, seed=seed, xp=self.xp,
+                               layer_fn=self.layer_fn)
 
     def generate(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0):
@@ -101,7 +101,7 @@ def load(path=None, device: str = "cpu", tokenizer=None, gpu_memory: float | Non
 
     ``path=None`` uses the built-in tiny checkpoint (random weights), made on first use.
     ``device``: cpu, cuda, cuda:N or cuda:N,M,... (layers split over those GPUs, see
-    placement.py); ``gpu_memory`` caps the GiB used per GPU (layers beyond it stream).
+    engine/placement.py); ``gpu_memory`` caps the GiB used per GPU (layers beyond it stream).
     """
     check_gpu_memory(device, gpu_memory)   # bad settings fail before anything is written
     backend(device)

@@ -19,11 +19,17 @@ import time
 
 import numpy as np
 
-from . import fast
-from .attention import new_cache
-from .checkpoint import active_int8_bytes
-from .model import forward
-from .xp import backend, to_numpy
+from .engine.cpu import CHUNK_ELEMENTS
+from .engine.devices import backend
+from .engine.native import native_kernel
+from .engine.threads import parallel_map, split_range
+from .engine.weights import StreamedWeight, product
+from .environment import num_threads
+from .formats.checkpoint import active_int8_bytes
+from .reference import quant
+from .reference.attention import new_cache
+from .reference.model import forward
+from .reference.xp import to_numpy
 
 
 def _status_mb() -> dict:
@@ -81,12 +87,12 @@ def gemv_bandwidth(xp=np, gib: float = 1.0, repeats: int = 5) -> float:
 
 
 def widen_bandwidth(mib: int = 256, repeats: int = 3) -> float:
-    """GB/s of int8 that numpy widens to float32 on all of fast.py's threads, chunk by chunk
+    """GB/s of int8 that numpy widens to float32 on all of the engine's threads, chunk by chunk
     into cache as the numpy path does, with no product: the ceiling of that path (the
     compiled kernel, ``cpu_kernel: native``, widens in registers instead)."""
     rows = mib * 2**20 // 8192
     weight = np.ones((rows, 8192), dtype=np.int8)
-    chunk = fast.CHUNK_ELEMENTS // 8192
+    chunk = CHUNK_ELEMENTS // 8192
 
     def widen(r0, r1):
         buf = np.empty((chunk, 8192), dtype=np.float32)
@@ -96,17 +102,15 @@ def widen_bandwidth(mib: int = 256, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats + 1):
         t = time.perf_counter()
-        fast._map(widen, fast._split(rows, fast.num_threads(), chunk))
+        parallel_map(widen, split_range(rows, num_threads(), chunk))
         best = min(best, time.perf_counter() - t)
     return weight.nbytes / best / 1e9
 
 
 def int8_kernel_bandwidth(xp, shape=(6144, 32768), repeats: int = 20) -> dict:
-    """GB/s of int8 weight read by one token's product, by the fast path quant.matmul takes
-    (the compiled kernel or numpy's chunks on a CPU, fast.int8_gemv on a GPU) and by the
-    teaching path ``x @ dequantize(W)``, on a random matrix of Grok-1's expert shape."""
-    from . import quant
-
+    """GB/s of int8 weight read by one token's product, by the engine's fast path
+    (weights.product: the compiled kernel or numpy's tiles on a CPU, the int8 GEMV on a GPU)
+    and by the reference's ``x @ dequantize(W)``, on a random matrix of Grok-1's expert shape."""
     rng = np.random.default_rng(0)
     w = xp.asarray(rng.integers(-127, 128, shape, dtype=np.int8))
     qw = quant.QuantizedWeight8bit(w, xp.full((1, shape[1]), 0x3C00, dtype=xp.uint16))
@@ -124,9 +128,9 @@ def int8_kernel_bandwidth(xp, shape=(6144, 32768), repeats: int = 20) -> dict:
         end.synchronize()
         return xp.cuda.get_elapsed_time(start, end) / 1e3
 
-    # (the teaching path takes ~1 s a try on a CPU: one try after the warm-up there)
+    # (the reference takes ~1 s a try on a CPU: one try after the warm-up there)
     out = {}
-    for name, fn, n in (("int8_gemv_gb_s", lambda: quant.matmul(x, qw), repeats),
+    for name, fn, n in (("int8_gemv_gb_s", lambda: product(x, *qw), repeats),
                         ("dequant_matmul_gb_s", lambda: x @ quant.dequantize(qw),
                          repeats if xp is not np else 1)):
         fn()
@@ -134,10 +138,11 @@ def int8_kernel_bandwidth(xp, shape=(6144, 32768), repeats: int = 20) -> dict:
     return out
 
 
-def _step(params, cfg, token: int, cache, xp) -> tuple[int, float]:
-    """One decode step: (the greedy next token, its seconds)."""
+def _step(m, params, token: int, cache) -> tuple[int, float]:
+    """One decode step of Model ``m`` over ``params``: (the greedy next token, its seconds)."""
     t0 = time.perf_counter()
-    logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True)
+    logits = forward(params, m.config, m.xp.asarray([token]), cache, last_only=True,
+                     layer_fn=m.layer_fn)
     return int(to_numpy(logits[0].argmax())), time.perf_counter() - t0
 
 
@@ -151,7 +156,7 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
     result = {"device": device, "prompt_len": prompt_len, "new_tokens": new_tokens}
     if xp is np:
         # Built (or loaded from the cache) now, so that no compiler run lands in the timings.
-        result["cpu_kernel"] = "native" if fast.native_kernel() else "numpy"
+        result["cpu_kernel"] = "native" if native_kernel() else "numpy"
     if bandwidth:
         result["gemv_gb_s"] = gemv_bandwidth(xp)
         if xp is np:                  # (on a GPU after the load: its memory plan comes first)
@@ -167,7 +172,7 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         cache = new_cache(cfg.num_layers, prompt_len + new_tokens, cfg.num_kv_heads,
                           cfg.key_size)
         t0 = time.perf_counter()
-        logits = forward(m.params, cfg, prompt, cache, last_only=True)
+        logits = forward(m.params, cfg, prompt, cache, last_only=True, layer_fn=m.layer_fn)
         token = int(to_numpy(logits[0].argmax()))
         prefill = time.perf_counter() - t0
         # With more than one layer, every step is also run through the first layer alone (own
@@ -177,13 +182,13 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         first = dict(m.params, layers=m.params["layers"][:1]) if cfg.num_layers > 1 else None
         if first is not None:
             cache1 = new_cache(1, prompt_len + new_tokens, cfg.num_kv_heads, cfg.key_size)
-            forward(first, cfg, prompt, cache1, last_only=True)
+            forward(first, cfg, prompt, cache1, last_only=True, layer_fn=m.layer_fn)
         decode, extra = 0.0, []
         for _ in range(new_tokens):
-            next_token, seconds = _step(m.params, cfg, token, cache, xp)
+            next_token, seconds = _step(m, m.params, token, cache)
             decode += seconds
             if first is not None:
-                extra.append((seconds - _step(first, cfg, token, cache1, xp)[1])
+                extra.append((seconds - _step(m, first, token, cache1)[1])
                              / (cfg.num_layers - 1))
             token = next_token
         if extra:
@@ -202,9 +207,10 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         streamed = per_token + result["embedding_gb_per_token"]
         result["effective_gb_s"] = streamed * new_tokens / decode
     if xp is not np:
-        places = [layer["place"] for layer in m.params["layers"]]
-        result["resident_layers"] = sum(p.resident for p in places)
-        result["streamed_layers"] = len(places) - result["resident_layers"]
+        streamed = [isinstance(layer["multi_head_attention"]["query"], StreamedWeight)
+                    for layer in m.params["layers"]]
+        result["resident_layers"] = len(streamed) - sum(streamed)
+        result["streamed_layers"] = sum(streamed)
         result["gpu_pool_mb"] = xp.get_default_memory_pool().total_bytes() / 2**20
         if bandwidth:
             result.update(int8_kernel_bandwidth(xp))

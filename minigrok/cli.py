@@ -23,8 +23,8 @@ def _human(n: float) -> str:
 
 
 def cmd_make_checkpoint(args):
-    from .config import preset
-    from .make_checkpoint import make_checkpoint
+    from .reference.config import preset
+    from .formats.make_checkpoint import make_checkpoint
 
     cfg = preset(args.preset, args.num_layers)
     t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def cmd_make_checkpoint(args):
 
 
 def cmd_inspect(args):
-    from .checkpoint import active_int8_bytes, inspect_rows, open_checkpoint
+    from .formats.checkpoint import active_int8_bytes, inspect_rows, open_checkpoint
 
     ck = open_checkpoint(args.checkpoint)
     rows = list(inspect_rows(ck))
@@ -74,9 +74,9 @@ def _token_list(text: str) -> list[int]:
 
 def cmd_generate(args):
     from .api import load
-    from .tokenizer import stream_text
+    from .formats.tokenizer import stream_text
 
-    from .sampling import check_settings
+    from .reference.sampling import check_settings
 
     if args.prompt is not None and not args.prompt:
         raise MinigrokError("empty prompt: give some text with --prompt")
@@ -245,7 +245,7 @@ def cmd_exercises(args):
 
 
 def cmd_tokenize(args):
-    from .tokenizer import encode, find_tokenizer, load_tokenizer
+    from .formats.tokenizer import encode, find_tokenizer, load_tokenizer
 
     sp = load_tokenizer(find_tokenizer(args.tokenizer, args.checkpoint))
     ids = encode(sp, args.text)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CKPT_DIR, open_checkpoint
+from .engine.runtime import for_cpu
 from .errors import MinigrokError
-from .generate import check_tokens
-from .model import forward, model_params
-from .xp import align_small
+from .formats.checkpoint import CKPT_DIR, model_params, open_checkpoint
+from .reference.generate import check_tokens
+from .reference.model import forward
 
 FORMAT = "minigrok-golden"
 FORMAT_VERSION = 1
@@ -188,7 +188,7 @@ def make(checkpoint, tokens, layers: str | None = None) -> dict:
     cfg = ck.config
     tokens = check_tokens(tokens, cfg.vocab_size)
     chosen = None if layers is None else parse_layers(layers, cfg.num_layers)
-    params = align_small(model_params(ck.params, cfg.num_layers))   # as minigrok.load does
+    params = for_cpu(model_params(ck.params, cfg.num_layers))   # as minigrok.load does
     return golden_arrays(params, cfg, tokens, chosen, fingerprint(ck.root, cfg))
 
 
@@ -398,7 +398,7 @@ def verify(path, checkpoint) -> tuple[bool, str]:
     if any(i >= cfg.num_layers for i in layers):
         raise MinigrokError(f"{path}: has layer {layers[-1]}, the checkpoint only "
                             f"{cfg.num_layers} layers")
-    fresh = trace_arrays(align_small(model_params(ck.params, cfg.num_layers)), cfg, tokens,
+    fresh = trace_arrays(for_cpu(model_params(ck.params, cfg.num_layers)), cfg, tokens,
                          layers)
     rows = compare(stored, fresh, "float32")          # with the tolerances the file records
     missing = sorted(set(fresh) - set(stored), key=model_order)

@@ -5,10 +5,11 @@
         # tiny) against the simulated CuPy: every part but op_costs runs, timings mean nothing
 
 For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of layer 0 through
-fast.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the conversion
-instruction its widening replaced (I2F_SOURCE below); the host's cost of one small CuPy
-operation of each kind (the price of every launch in a decode step); one decode step through
-layer 0 by fast.decode_layer and by the teaching layer, whole and in parts (median of 20,
+engine/gemv.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the
+conversion instruction for its widening (gemv.cu built with -DWIDEN_BY_I2F); the host's cost of
+one small CuPy operation of each kind (the price of every launch in a decode step); one decode
+step through layer 0 by engine/decode.decode_layer and by the reference's decoder_layer, whole
+and in parts (median of 20,
 synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside the
 GPU's time for it; each kind of launch in that step on its own (decode_kernels: 50 queued
 back to back, so a launch whose host side is slower than its kernel is timed at the host's
@@ -23,19 +24,20 @@ A part that fails prints an "error" row.
 import json
 import sys
 import time
-from unittest import mock
 
 import cupy
 import numpy as np
 
 sys.path.insert(0, ".")
-from minigrok import fast, quant  # noqa: E402
 from minigrok.api import Model  # noqa: E402
-from minigrok.attention import attention, layer_cache, new_cache  # noqa: E402
-from minigrok.layer import decoder_layer  # noqa: E402
-from minigrok.model import forward, model_params  # noqa: E402
-from minigrok.moe import expert_weight, expert, moe, route  # noqa: E402
-from minigrok.rmsnorm import rms_norm  # noqa: E402
+from minigrok.engine import decode, gemv, kernels  # noqa: E402
+from minigrok.formats.checkpoint import model_params  # noqa: E402
+from minigrok.reference import quant  # noqa: E402
+from minigrok.reference.attention import attention, layer_cache, new_cache  # noqa: E402
+from minigrok.reference.layer import decoder_layer  # noqa: E402
+from minigrok.reference.model import forward  # noqa: E402
+from minigrok.reference.moe import expert_weight, expert, moe, route  # noqa: E402
+from minigrok.reference.rmsnorm import rms_norm  # noqa: E402
 
 
 def event_ms(fn, repeats=20):
@@ -152,46 +154,36 @@ def gemvs(m, hbm):
             [("expert0/" + n, expert_weight(experts[n], 0)) for n in ("linear", "linear_v", "linear_1")]:
         xin = x if qw.weight.shape[0] == cfg.emb_size else \
             cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
-        ms = event_ms(lambda: fast.int8_gemv(xin, qw.weight, qw.scales))
+        ms = event_ms(lambda: gemv.int8_gemv(xin, qw.weight, qw.scales))
         emit(what="gemv", matrix=name, shape=list(qw.weight.shape), ms=ms,
              gb_s=qw.weight.nbytes / ms / 1e6, efficiency=qw.weight.nbytes / ms / 1e6 / hbm,
-             host_us=per_op_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales), 200),
-             enqueue_us=enqueue_us(lambda: fast.int8_gemv(xin, qw.weight, qw.scales)))
+             host_us=per_op_us(lambda: gemv.int8_gemv(xin, qw.weight, qw.scales), 200),
+             enqueue_us=enqueue_us(lambda: gemv.int8_gemv(xin, qw.weight, qw.scales)))
         if name.startswith("expert0"):
             section(gemv_rows_sweep, xin, qw, hbm)
 
 
 # The kernel's widening against the conversion instruction it replaced ((float)q, I2F, which
 # Hopper issues at 16 per clock per multiprocessor: a 201 MB expert is 201 M conversions,
-# ~48 us at 1.98 GHz on 132 multiprocessors, as long as reading it). Both give q exactly, so
-# the outputs must be equal bit for bit.
-I2F_SOURCE = fast._GEMV_SOURCE.replace(
-    """            #pragma unroll
-            for (int j = 0; j < COLUMNS; j++) {
-                unsigned int biased = quad[j / 4] ^ 0x80808080u;     // each byte: q + 128
-                wf[j] = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7540 + j % 4))
-                        - 8388736.0f;
-            }""",
-    """            const signed char* q = reinterpret_cast<const signed char*>(&packed);
-            #pragma unroll
-            for (int j = 0; j < COLUMNS; j++) wf[j] = (float)q[j];""")
-assert I2F_SOURCE != fast._GEMV_SOURCE
+# ~48 us at 1.98 GHz on 132 multiprocessors, as long as reading it): gemv.cu built with
+# -DWIDEN_BY_I2F. Both give q exactly, so the outputs must be equal bit for bit.
+I2F_OPTIONS = (f"-DGEMV_TOKENS={gemv.GEMV_TOKENS}", "-DWIDEN_BY_I2F")
 
 
 def gemv_widen_variant(m, hbm):
-    """fast.int8_gemv (byte-permute widening) against the same kernel with I2F_SOURCE's."""
+    """gemv.int8_gemv (byte-permute widening) against the same kernel built with I2F_OPTIONS."""
     layer = m.params["layers"][0]["moe"]
-    i2f = cupy.RawKernel(I2F_SOURCE, "int8_gemv")
+    i2f = cupy.RawKernel(kernels.source("gemv.cu"), "int8_gemv", options=I2F_OPTIONS)
     for name in ("linear", "linear_1"):
         qw = expert_weight(layer[name], 0)
         x = cupy.random.standard_normal((1, qw.weight.shape[0]), dtype=cupy.float32)
-        want = fast.int8_gemv(x, qw.weight, qw.scales)
-        grid, block, rows, rows_per_scale = fast.gemv_launch(*qw.weight.shape, qw.scales.shape[0])
+        want = gemv.int8_gemv(x, qw.weight, qw.scales)
+        grid, block, rows, rows_per_scale = gemv.gemv_launch(*qw.weight.shape, qw.scales.shape[0])
         partial = cupy.empty((grid[1], 1, qw.weight.shape[1]), dtype=cupy.float32)
         y = cupy.empty_like(want)
         args = (x, qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
                 cupy.int32(qw.weight.shape[1]), cupy.int32(rows), cupy.int32(rows_per_scale))
-        mine = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, block, args))
+        mine = event_ms(lambda: gemv._gemv_kernel("int8_gemv")(grid, block, args))
         theirs = event_ms(lambda: i2f(grid, block, args))
         i2f(grid, block, args)
         emit(what="gemv_widen", matrix=name, magic_gb_s=qw.weight.nbytes / mine / 1e6,
@@ -200,8 +192,8 @@ def gemv_widen_variant(m, hbm):
 
 
 def gemv_rows_sweep(x, qw, hbm):
-    """The kernel at other rows per block than fast.gemv_launch picks."""
-    fast.int8_gemv(x, qw.weight, qw.scales)                 # compiles the kernel
+    """The kernel at other rows per block than gemv.gemv_launch picks."""
+    gemv.int8_gemv(x, qw.weight, qw.scales)                 # compiles the kernel
     n_in, n_out = qw.weight.shape
     rows_per_scale = n_in // qw.scales.shape[0]
     row = {}
@@ -213,7 +205,7 @@ def gemv_rows_sweep(x, qw, hbm):
         y = cupy.empty((1, n_out), dtype=cupy.float32)
         args = (x, qw.weight, qw.scales, partial, cupy.zeros(grid[0], dtype=cupy.uint32), y,
                 cupy.int32(n_out), cupy.int32(rows), cupy.int32(rows_per_scale))
-        ms = event_ms(lambda: fast._gemv_kernels["int8_gemv"](grid, (32, 8), args))
+        ms = event_ms(lambda: gemv._gemv_kernel("int8_gemv")(grid, (32, 8), args))
         row[f"rows{rows}_gb_s"] = qw.weight.nbytes / ms / 1e6
     emit(what="gemv_rows", shape=[n_in, n_out], hbm_gb_s=hbm, **row)
 
@@ -224,7 +216,7 @@ def layer_step(m, hbm):
     att, experts = layer["multi_head_attention"], layer["moe"]
     prompt = cupy.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, 16))
     cache = new_cache(cfg.num_layers, 64, cfg.num_kv_heads, cfg.key_size)
-    forward(m.params, cfg, prompt, cache)
+    forward(m.params, cfg, prompt, cache, layer_fn=m.layer_fn)
     keep = cupy.ones(1, dtype=bool)
     h = cupy.random.standard_normal((1, cfg.emb_size), dtype=cupy.float32)
     xn = rms_norm(h, layer["rms_norm"])
@@ -232,19 +224,23 @@ def layer_step(m, hbm):
     def attend():
         return attention(xn, **att, num_q_heads=cfg.num_q_heads, num_kv_heads=cfg.num_kv_heads,
                          key_size=cfg.key_size, multiplier=cfg.attn_output_multiplier,
-                         keep=keep, offset=16, cache=cache, layer=0)
+                         keep=keep, offset=16, cache=cache, index=0)
 
     ids = route(xn, layer["router"], cfg.num_selected_experts)[1]
     e = int(ids[0, 0])
     active = sum(w.weight.nbytes for w in att.values()) + \
         2 * sum(expert_weight(experts[n], 0).weight.nbytes for n in experts)
-    def step(trace=None):            # a trace keeps decoder_layer on the teaching path
-        return decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, trace=trace)
 
-    fused, teaching = wall_ms(step), wall_ms(lambda: step({}))
+    def step():                      # the engine's decoding step
+        return decode.decode_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, index=0)
+
+    def reference_step():            # the reference layer on the same weights
+        return decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, index=0)
+
+    fused, teaching = wall_ms(step), wall_ms(reference_step)
     emit(what="layer_decode", ms=fused, teaching_ms=teaching, floor_ms=active / hbm / 1e6,
          efficiency=active / hbm / 1e6 / fused, teaching_efficiency=active / hbm / 1e6 / teaching,
-         step_gpu_ms=event_ms(step), teaching_gpu_ms=event_ms(lambda: step({})),
+         step_gpu_ms=event_ms(step), teaching_gpu_ms=event_ms(reference_step),
          host_us=per_op_us(step, 50), enqueue_us=enqueue_us(step),
          rms_norm_ms=wall_ms(lambda: rms_norm(h, layer["rms_norm"])),
          attention_ms=wall_ms(attend),
@@ -269,7 +265,7 @@ def each_ms(fn, n=50):
 
 
 def decode_kernels(m, hbm):
-    """fast.decode_layer's launches for layer 0 one kind at a time (each_ms), and their sum
+    """decode.decode_layer's launches for layer 0 one kind at a time (each_ms), and their sum
     weighted by how often a step makes each: set beside layer_decode's step_gpu_ms, the rest
     is the time between launches."""
     cfg, layer = m.config, m.params["layers"][0]
@@ -282,7 +278,7 @@ def decode_kernels(m, hbm):
     q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
     k, v = (cupy.random.standard_normal((1, K * d), dtype=cupy.float32) for _ in range(2))
     keep = cupy.ones(1, dtype=bool)
-    q_rot = fast._rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, 16, cfg)
+    q_rot = decode._rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, 16, cfg)
     router = cupy.asarray(layer["router"], dtype=cupy.float32)
     logits = h @ router
     ids = cupy.arange(top, dtype=cupy.int32)
@@ -294,22 +290,23 @@ def decode_kernels(m, hbm):
     acc = cupy.empty_like(h)
     # name: (launches per step, the launch)
     launches = {
-        "rms_norm": (4, lambda: fast._rms_norm(h, layer["rms_norm"], residual=h)),
-        "query_key_value": (1, lambda: fast.int8_gemv_three(
+        "rms_norm": (4, lambda: decode._rms_norm(h, layer["rms_norm"], residual=h)),
+        "query_key_value": (1, lambda: gemv.int8_gemv_three(
             h, [att["query"], att["key"], att["value"]])),
-        "rope_and_cache": (1, lambda: fast._rope_and_cache(q, k, v, keep, cache_k, cache_v,
-                                                            cache_keep, 16, cfg)),
-        "attend_17_rows": (1, lambda: fast.attend(q_rot, cache_k, cache_v, cache_keep, 17, cfg)),
-        "linear": (1, lambda: quant.matmul(q, att["linear"])),
+        "rope_and_cache": (1, lambda: decode._rope_and_cache(q, k, v, keep, cache_k, cache_v,
+                                                              cache_keep, 16, cfg)),
+        "attend_17_rows": (1, lambda: decode.attend(q_rot, cache_k, cache_v, cache_keep, 17,
+                                                     cfg)),
+        "linear": (1, lambda: att["linear"].matmul(q)),
         "router": (1, lambda: h @ router),
-        "route_top_k": (1, lambda: fast._route(logits, top)),
-        "experts_up": (1, lambda: fast.int8_gemv_routed(
+        "route_top_k": (1, lambda: decode._route(logits, top)),
+        "experts_up": (1, lambda: gemv.int8_gemv_routed(
             h, (experts["linear"], experts["linear_v"]), ids)),
-        "gelu_mul": (1, lambda: fast._elementwise("gelu_mul", act.size, xwv, act,
-                                                  cupy.int32(F))),
-        "experts_down": (1, lambda: fast.int8_gemv_routed(act, (experts["linear_1"],), ids)),
-        "add_experts": (1, lambda: fast._elementwise("add_experts", D, gates, y, acc,
-                                                     cupy.int32(top))),
+        "gelu_mul": (1, lambda: decode._elementwise("gelu_mul", act.size, xwv, act,
+                                                    cupy.int32(F))),
+        "experts_down": (1, lambda: gemv.int8_gemv_routed(act, (experts["linear_1"],), ids)),
+        "add_experts": (1, lambda: decode._elementwise("add_experts", D, gates, y, acc,
+                                                       cupy.int32(top))),
     }
     us = {name: each_ms(fn) * 1e3 for name, (_, fn) in launches.items()}
     emit(what="decode_kernels", launches=sum(n for n, _ in launches.values()),
@@ -318,21 +315,20 @@ def decode_kernels(m, hbm):
 
 
 def attention_lengths(m, hbm):
-    """fast.decode_layer's attention (fast.attend) alone for one new token at cache lengths 16
+    """decode.decode_layer's attention (decode.attend) alone for one new token at cache lengths 16
     to 8192 (random cache, no pads), with its blocks of ATTENTION_CHUNK rows and with other
     sizes: where decoding a long context starts to cost more than the layer's 1.3 GB of
     weights, and which chunk to keep. cache_gb: the keys and values it must read."""
     cfg = m.config
     H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
-    kept = fast.ATTENTION_CHUNK
+    kept = decode.ATTENTION_CHUNK
     for S in (16, 1024, 4096, 8192):
         cache_k, cache_v = (cupy.random.standard_normal((S, K, d), dtype=cupy.float32)
                             for _ in range(2))
         keep = cupy.ones(S, dtype=bool)
         q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
         for chunk in sorted({kept, 32, 64, 256, 1024}):
-            with mock.patch.object(fast, "ATTENTION_CHUNK", chunk):
-                ms = event_ms(lambda: fast.attend(q, cache_k, cache_v, keep, S, cfg))
+            ms = event_ms(lambda: decode.attend(q, cache_k, cache_v, keep, S, cfg, chunk=chunk))
             emit(what="attention_decode", cache_len=S, chunk=chunk, current=chunk == kept, ms=ms,
                  cache_gb=2 * cache_k.nbytes / 1e9, gb_s=2 * cache_k.nbytes / ms / 1e6,
                  hbm_gb_s=hbm)
@@ -340,27 +336,26 @@ def attention_lengths(m, hbm):
 
 def prefill_products(m, hbm):
     """Several tokens through one expert's matrices: the int8 kernel GEMV_TOKENS tokens per
-    launch (fast.int8_gemv, a prefill's path up to GEMV_MAX_TOKENS), the int8 widened once
-    for cuBLAS on the tensor cores with x in three TF32 parts (fast.int8_matmul_gpu, beyond),
+    launch (gemv.int8_gemv, a prefill's path up to GEMV_MAX_TOKENS), the int8 widened once
+    for cuBLAS on the tensor cores with x in three TF32 parts (gemv.int8_matmul_gpu, beyond),
     the same product in plain float32 (what the TF32 split must beat), and the teaching
     x @ dequantize(W). Where the first two cross is where GEMV_MAX_TOKENS belongs."""
-    from minigrok import quant
-
     experts = m.params["layers"][0]["moe"]
     for name in ("linear", "linear_1"):
         qw = expert_weight(experts[name], 0)
+        dense = quant.QuantizedWeight8bit(qw.weight, qw.scales)      # for the teaching product
         for T in (4, 16, 32, 64, 256):
             x = cupy.random.standard_normal((T, qw.weight.shape[0]), dtype=cupy.float32)
-            tokens_ms = event_ms(lambda: fast.int8_gemv(x, qw.weight, qw.scales), 10)
-            cublas_ms = event_ms(lambda: fast.int8_matmul_gpu(x, qw.weight, qw.scales), 10)
-            teaching_ms = event_ms(lambda: x @ quant.dequantize(qw), 10)
+            tokens_ms = event_ms(lambda: gemv.int8_gemv(x, qw.weight, qw.scales), 10)
+            cublas_ms = event_ms(lambda: gemv.int8_matmul_gpu(x, qw.weight, qw.scales), 10)
+            teaching_ms = event_ms(lambda: x @ quant.dequantize(dense), 10)
             float32_ms = event_ms(lambda: x @ qw.weight.astype(cupy.float32), 10)
             emit(what="prefill_product", matrix=name, shape=list(qw.weight.shape), tokens=T,
                  int8_kernel_ms=tokens_ms, tf32x3_ms=cublas_ms, float32_ms=float32_ms,
                  teaching_ms=teaching_ms,
                  read_floor_ms=qw.weight.nbytes / hbm / 1e6,
-                 equal=bool(cupy.allclose(fast.int8_gemv(x, qw.weight, qw.scales),
-                                          fast.int8_matmul_gpu(x, qw.weight, qw.scales),
+                 equal=bool(cupy.allclose(gemv.int8_gemv(x, qw.weight, qw.scales),
+                                          gemv.int8_matmul_gpu(x, qw.weight, qw.scales),
                                           rtol=1e-4, atol=1e-3)))
 
 

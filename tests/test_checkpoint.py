@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testutil import run_cli
-from minigrok import checkpoint, pickle_writer
-from minigrok.checkpoint import CKPT_DIR, open_checkpoint, tensor_file, tensor_specs
-from minigrok.config import GROK1, load_config, preset
+from minigrok.formats import checkpoint, pickle_writer
+from minigrok.formats.checkpoint import CKPT_DIR, open_checkpoint, tensor_file, tensor_specs
+from minigrok.reference.config import GROK1, load_config, preset
 from minigrok.errors import CheckpointError, MinigrokError
-from minigrok.make_checkpoint import make_checkpoint
-from minigrok.quant import QuantizedWeight8bit, bf16_to_f32
+from minigrok.formats.make_checkpoint import make_checkpoint
+from minigrok.reference.quant import QuantizedWeight8bit, bf16_to_f32
 
 
 @dataclass
@@ -207,7 +207,7 @@ def test_existing_checkpoint_is_refused_without_force_and_replaced_with_it(tmp_p
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
-    from minigrok import make_checkpoint as mc
+    from minigrok.formats import make_checkpoint as mc
 
     calls = []
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import minigrok
-from minigrok import fast
-from minigrok.make_checkpoint import RECIPE
+from minigrok.engine import fast
+from minigrok.formats.make_checkpoint import RECIPE
 
 from testutil import run_cli, tokenizer_path
 

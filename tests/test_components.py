@@ -5,7 +5,6 @@ loops over rows / heads / experts, and ml_dtypes for bfloat16. No checkpoint is 
 """
 
 import math
-from unittest import mock
 
 import ml_dtypes
 import numpy as np
@@ -13,13 +12,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minigrok import fast, quant
-from minigrok import attention as attention_module
-from minigrok import moe as moe_module
-from minigrok.attention import attention, attention_weights, context
-from minigrok.moe import gelu, moe, route
-from minigrok.rmsnorm import EPS, rms_norm
-from minigrok.rope import apply_rope
+
+from minigrok.reference import quant
+from minigrok.reference.attention import attention, attention_weights, context
+from minigrok.reference.moe import gelu, moe, route
+from minigrok.reference.rmsnorm import EPS, rms_norm
+from minigrok.reference.rope import apply_rope
 
 SEEDS = st.integers(0, 2**32 - 1)
 FAST = settings(max_examples=40, deadline=None)
@@ -357,12 +355,6 @@ def test_query_head_h_reads_kv_head_h_over_G(K, G):
     np.testing.assert_allclose(out, expected, rtol=1e-5)
 
 
-def score_bytes(n):
-    """attention.SCORE_BYTES set to n meanwhile: blocks of max(1, n // (H * S * 4)) queries.
-    (mock.patch.object, not pytest's monkeypatch: hypothesis runs many examples per test.)"""
-    return mock.patch.object(attention_module, "SCORE_BYTES", n)
-
-
 @st.composite
 def blocked_problem(draw):
     """A gqa_problem of up to 12 queries, some of whose first keys may all be pads, and a
@@ -387,8 +379,7 @@ def test_context_in_query_blocks_matches_the_naive_reference(problem):
     q = (rng.standard_normal((T, K, G, d)) * 2).astype(np.float32)
     k, v = ((rng.standard_normal((S, K, d)) * 2).astype(np.float32) for _ in range(2))
     probs = []
-    with score_bytes(rows * H * S * 4):
-        out = context(q, k, v, keep, offset, 0.5, probs)
+    out = context(q, k, v, keep, offset, 0.5, probs, score_bytes=rows * H * S * 4)
     assert len(probs) == -(-T // rows)
     probs = np.concatenate(probs, axis=2)                                 # [K, G, T, S]
     ref = attention_weights_reference(q.reshape(T, H, d), k, keep, offset, 0.5, K)
@@ -410,19 +401,17 @@ def test_long_attention_holds_one_block_of_scores_at_a_time():
     w.append(rng.standard_normal((K * G * d, 64)).astype(np.float32) / 8)
     keep = np.ones(T, bool)
 
-    def run():
+    def run(score_bytes):
         tracemalloc.start()
         try:
             out = attention(x, *w, num_q_heads=K * G, num_kv_heads=K, key_size=d,
-                            multiplier=0.25, keep=keep)
+                            multiplier=0.25, keep=keep, score_bytes=score_bytes)
             return out, tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
 
-    with score_bytes(1 << 20):
-        blocked, peak = run()
-    with score_bytes(1 << 40):
-        whole, whole_peak = run()
+    blocked, peak = run(1 << 20)
+    whole, whole_peak = run(1 << 40)
     assert peak < 5 << 20, f"peak {peak / 2**20:.1f} MB"
     assert whole_peak > 16 << 20            # the same call in one piece: the bound is real
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
@@ -555,7 +544,7 @@ def moe_dense_reference(x, router, w1, wv, w2, k=2):
 @given(seed=SEEDS, T=st.integers(1, 24), D=st.sampled_from([8, 16]), F=st.sampled_from([8, 24]),
        expert_rows=st.integers(1, 4))
 def test_moe_equals_dense_mixture_of_all_experts(seed, T, D, F, quantised, expert_rows):
-    # expert_rows: tokens per expert call (moe.EXPERT_ROWS), so that an expert chosen by
+    # expert_rows: tokens per expert call (moe's expert_rows), so that an expert chosen by
     # several tokens takes them in blocks, the last one partial
     rng = rng_of(seed)
     x = rng.standard_normal((T, D)).astype(np.float32)
@@ -570,8 +559,7 @@ def test_moe_equals_dense_mixture_of_all_experts(seed, T, D, F, quantised, exper
     else:
         args = (w1, wv, w2)
         ref_weights = [a.astype(np.float64) for a in args]
-    with mock.patch.object(moe_module, "EXPERT_ROWS", expert_rows):
-        out, probs, ids, gates = moe(x, router, *args, num_selected=2)
+    out, probs, ids, gates = moe(x, router, *args, num_selected=2, expert_rows=expert_rows)
     ref, ref_probs = moe_dense_reference(x, router, *ref_weights)
     assume(separated(ref_probs, 2))
     assert out.shape == (T, D) and out.dtype == np.float32
@@ -594,43 +582,6 @@ def test_moe_gates_are_not_renormalised_in_the_output():
 
 
 # ----------------------------------------------------------------------------- int8 weights
-
-@st.composite
-def quantised_problem(draw):
-    blocks = draw(st.sampled_from([1, 8]))
-    per_block = draw(st.integers(2, 6))
-    n_in = 8 * per_block if blocks == 8 else draw(st.integers(1, 6)) * 8
-    n_out = draw(st.integers(1, 200))
-    T = draw(st.integers(1, 5))
-    chunk = draw(st.integers(1, n_in // blocks - 1))        # smaller than a block
-    tile_cols = draw(st.integers(1, n_out))                 # fast.CHUNK_ELEMENTS // chunk
-    magnitude = draw(st.sampled_from([1e-3, 1.0, 1e3]))
-    threads = draw(st.integers(1, 3))                       # sharing columns, 64 at a time
-    return blocks, n_in, n_out, T, chunk, tile_cols, threads, magnitude, draw(SEEDS)
-
-
-@settings(max_examples=60, deadline=None)
-@given(problem=quantised_problem())
-def test_matmul_equals_x_times_dequantized_weight(problem):
-    blocks, n_in, n_out, T, chunk, tile_cols, threads, magnitude, seed = problem
-    rng = rng_of(seed)
-    w = (rng.standard_normal((n_in, n_out)) * magnitude).astype(np.float32)
-    # make the blocks' scales really differ, so a wrong block would show
-    w *= np.repeat(rng.uniform(0.1, 10, blocks), n_in // blocks)[:, None].astype(np.float32)
-    qw = quant.quantize(w, blocks=blocks)
-    assert qw.weight.dtype == np.int8 and qw.scales.shape == (blocks, n_out)
-    x = rng.standard_normal((T, n_in)).astype(np.float32)
-    with mock.patch.object(fast, "CHUNK_ELEMENTS", chunk * tile_cols):   # chunk x tile_cols tiles
-        out = quant.matmul(x, qw, chunk_rows=chunk, threads=threads)
-    assert out.shape == (T, n_out) and out.dtype == np.float32
-    dense = dequantize_reference(quant.QuantizedWeight8bit(qw.weight[None], qw.scales[None]))[0]
-    np.testing.assert_allclose(quant.dequantize(qw), dense, rtol=0, atol=0)
-    ref = x.astype(np.float64) @ dense
-    bound = np.abs(x).astype(np.float64) @ np.abs(dense)       # error scale of the sum
-    assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30)
-    np.testing.assert_allclose(out, x @ quant.dequantize(qw), rtol=1e-5,
-                               atol=1e-5 * bound.max() + 1e-30)
-
 
 float32_bits = st.integers(0, 2**32 - 1).map(lambda b: np.array([b], np.uint32).view(np.float32)[0])
 special = st.sampled_from([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1.17e-38,

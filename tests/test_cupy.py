@@ -36,9 +36,12 @@ def test_cuda_generation_equals_numpy_generation(tiny_dir):
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from minigrok import fast, moe, quant  # noqa: E402
-from minigrok.config import preset  # noqa: E402
-from minigrok.placement import layer_bytes, reserve_bytes  # noqa: E402
+from minigrok.engine import decode, gemv  # noqa: E402
+from minigrok.engine.placement import reserve_bytes  # noqa: E402
+from minigrok.engine.weights import Int8Weight, StreamedWeight, product  # noqa: E402
+from minigrok.formats.checkpoint import layer_bytes  # noqa: E402
+from minigrok.reference import moe, quant  # noqa: E402
+from minigrok.reference.config import preset  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)
@@ -56,23 +59,24 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
              * quant.bf16_to_f32(scales).astype(np.float64)[:, None, :]).reshape(n_in, n_out)
     ref = x.astype(np.float64) @ dense
     bound = np.abs(x).astype(np.float64) @ np.abs(dense)
-    got = fast.int8_gemv(cupy.asarray(x), cupy.asarray(w), cupy.asarray(scales)).get()
+    got = gemv.int8_gemv(cupy.asarray(x), cupy.asarray(w), cupy.asarray(scales)).get()
     assert got.shape == (1, n_out) and got.dtype == np.float32
     assert np.all(np.abs(got - ref) <= 1e-5 * bound + 1e-30)
-    # quant.matmul takes the kernel for one token, int8_gemv_tokens for a few (the last block
-    # padded), fast.int8_matmul_gpu for many
-    qw = quant.QuantizedWeight8bit(cupy.asarray(w), cupy.asarray(scales))
-    assert np.array_equal(quant.matmul(cupy.asarray(x), qw).get(), got)
-    for T in (fast.GEMV_TOKENS + 3, fast.GEMV_MAX_TOKENS + 1):
+    # weights.product (an Int8Weight's matmul) takes the kernel for one token,
+    # int8_gemv_tokens for a few (the last block padded), gemv.int8_matmul_gpu for many
+    qw = Int8Weight(cupy.asarray(w), cupy.asarray(scales))
+    assert np.array_equal(product(cupy.asarray(x), qw.weight, qw.scales).get(), got)
+    assert np.array_equal(qw.matmul(cupy.asarray(x)).get(), got)
+    for T in (gemv.GEMV_TOKENS + 3, gemv.GEMV_MAX_TOKENS + 1):
         xs = np.concatenate([x, rng.standard_normal((T - 1, n_in)).astype(np.float32) * 100])
-        many = quant.matmul(cupy.asarray(xs), qw).get()
+        many = qw.matmul(cupy.asarray(xs)).get()
         assert many.shape == (T, n_out) and many.dtype == np.float32
         assert np.all(np.abs(many - xs.astype(np.float64) @ dense)
                       <= 1e-5 * (np.abs(xs).astype(np.float64) @ np.abs(dense)) + 1e-30), T
     # The routed experts' products, their indices read on the GPU: w is expert 2 of the
     # stacked A and expert 0 of B, the other experts other matrices.
     def stack(first, second, third):
-        return quant.QuantizedWeight8bit(*(cupy.asarray(np.stack(m)) for m in zip(first, second, third)))
+        return Int8Weight(*(cupy.asarray(np.stack(m)) for m in zip(first, second, third)))
 
     def other():
         return (rng.integers(-128, 128, w.shape, dtype=np.int8),
@@ -89,12 +93,12 @@ def test_int8_gemv_equals_x_times_dequantized_weight(blocks, rows, n_out, seed):
             assert np.all(np.abs(row - ref) <= 1e-5 * (np.abs(xr) @ np.abs(d)) + 1e-30)
 
     e = [moe.expert_weight(W, i) for W in (A, B) for i in (2, 1)]        # A2 A1 B2 B1
-    check(fast.int8_gemv_routed(cupy.asarray(x), (A, B), ids), [x[0]] * 4,
+    check(gemv.int8_gemv_routed(cupy.asarray(x), (A, B), ids), [x[0]] * 4,
           [e[0], e[2], e[1], e[3]])                    # one x: A, B of expert 2, then of 1
     x2 = rng.standard_normal((2, n_in)).astype(np.float32)
-    check(fast.int8_gemv_routed(cupy.asarray(x2), (A,), ids), x2, [e[0], e[1]])
-    assert np.array_equal(fast.int8_gemv_routed(cupy.asarray(x), (A,), ids[:1]).get()[0],
-                          fast.int8_gemv_routed(cupy.asarray(x), (B,), ids[1:] - 1).get()[0])
+    check(gemv.int8_gemv_routed(cupy.asarray(x2), (A,), ids), x2, [e[0], e[1]])
+    assert np.array_equal(gemv.int8_gemv_routed(cupy.asarray(x), (A,), ids[:1]).get()[0],
+                          gemv.int8_gemv_routed(cupy.asarray(x), (B,), ids[1:] - 1).get()[0])
 
 
 @settings(max_examples=20, deadline=None)
@@ -113,8 +117,8 @@ def test_three_products_in_one_launch(blocks, rows, matrices, seed):
         rng.integers(-128, 128, (n_in, n_out), dtype=np.int8),
         quant.f32_to_bf16(rng.uniform(-2, 2, (blocks if split else 1, n_out)).astype(np.float32)))
         for n_out, split in matrices]
-    got = fast.int8_gemv_three(cupy.asarray(x), [
-        quant.QuantizedWeight8bit(cupy.asarray(q.weight), cupy.asarray(q.scales)) for q in qws])
+    got = gemv.int8_gemv_three(cupy.asarray(x), [
+        Int8Weight(cupy.asarray(q.weight), cupy.asarray(q.scales)) for q in qws])
     assert len(got) == len(qws)
     for y, q in zip(got, qws):
         d = quant.dequantize(q).astype(np.float64)
@@ -130,11 +134,12 @@ def test_three_products_in_one_launch(blocks, rows, matrices, seed):
 def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
     # pads: which tokens are padding (keys never attended to); all of them padding is the
     # official code's uniform average over every key
-    from minigrok.attention import new_cache
-    from minigrok.layer import decoder_layer
+    from minigrok.reference.attention import new_cache
+    from minigrok.reference.layer import decoder_layer
 
-    m = minigrok.load(tiny_dir, device="cuda")
+    m = minigrok.load(tiny_dir, device="cuda")   # engine weights: Int8Weight on the GPU
     cfg, params = m.config, m.params["layers"][layer]
+    assert isinstance(params["multi_head_attention"]["query"], Int8Weight)
     rng = np.random.default_rng(seed)
     T = len(pads)
     h = cupy.asarray(rng.standard_normal((T, cfg.emb_size)).astype(np.float32) * 3)
@@ -143,10 +148,10 @@ def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
     for cache in caches:                     # the same earlier tokens in both caches
         if T > 1:
             decoder_layer(h[:-1], params, cfg, keep=keep[:-1], cache=cache)
-    assert fast.decode_fits(h[-1:], caches[1], T - 1, cfg)
+    assert decode.decode_fits(h[-1:], caches[1], T - 1, cfg)
     want = decoder_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[0],
-                         trace={})             # a trace keeps the teaching path
-    got = fast.decode_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[1],
+                         index=0)              # the reference layer (no fast path of its own)
+    got = decode.decode_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[1],
                             index=0)
     assert got.shape == (1, cfg.emb_size) and got.dtype == np.float32
     want, got = want.get(), got.get()
@@ -160,10 +165,10 @@ def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
 @given(S=st.integers(1, 3000), kept=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
        seed=st.integers(0, 2**32 - 1))
 def test_decode_attention_over_a_long_cache(S, kept, seed):
-    # Grok-1's heads over up to 3000 cached rows: many blocks of fast.ATTENTION_CHUNK rows
+    # Grok-1's heads over up to 3000 cached rows: many blocks of decode.ATTENTION_CHUNK rows
     # and their combination; some padding (whole blocks of it when kept is 0.01) or all of
     # it. Rows past S hold NaN: attend must not read them.
-    from minigrok.attention import context
+    from minigrok.reference.attention import context
 
     cfg = preset("grok-1")
     H, K, d = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size
@@ -172,7 +177,7 @@ def test_decode_attention_over_a_long_cache(S, kept, seed):
     k, v = (rng.standard_normal((S + 3, K, d)).astype(np.float32) for _ in range(2))
     keep = np.append(rng.random(S) < kept, [True] * 3)
     k[S:], v[S:] = np.nan, np.nan
-    got = fast.attend(*map(cupy.asarray, (q, k, v, keep)), S, cfg).get()
+    got = decode.attend(*map(cupy.asarray, (q, k, v, keep)), S, cfg).get()
     want = context(q.reshape(1, K, H // K, d), k[:S], v[:S], keep[:S], S - 1,
                    cfg.attn_output_multiplier).reshape(1, H * d)
     assert got.shape == (1, H * d) and got.dtype == np.float32
@@ -182,26 +187,53 @@ def test_decode_attention_over_a_long_cache(S, kept, seed):
 # -- the memory plan: streamed layers, several GPUs ----------------------------------------------
 
 def test_streamed_layers_compute_what_resident_ones_do(tiny_dir, monkeypatch):
-    from minigrok import moe, stream
+    import functools
 
-    # experts take one token per call, yet each streamed weight crosses to the GPU once
-    monkeypatch.setattr(moe, "EXPERT_ROWS", 1)
-    copies, copy = [], stream._copy
-    monkeypatch.setattr(stream, "_copy", lambda qw, *a: copies.append(stream._key(qw)) or copy(qw, *a))
+    from minigrok.engine import stream
+    from minigrok.reference import layer as reference_layer
+
+    # experts take one token per call (the reference layer's moe with expert_rows=1, on the
+    # GPU and on the CPU alike), yet each streamed weight crosses to the GPU once
+    monkeypatch.setattr(reference_layer, "moe", functools.partial(moe.moe, expert_rows=1))
     cfg = preset("tiny")
     # room for the embeddings, the streaming reserve and 3 of the 12 layers
     limit = cfg.vocab_size * cfg.emb_size * 4 + reserve_bytes(cfg, True) + 3.5 * layer_bytes(cfg)
     m = minigrok.load(tiny_dir, device="cuda", gpu_memory=limit / 2**30)
-    resident = [layer["place"].resident for layer in m.params["layers"]]
+    resident = [not isinstance(layer["multi_head_attention"]["query"], StreamedWeight)
+                for layer in m.params["layers"]]
     assert resident == [True] * 3 + [False] * 9
     assert cupy.get_array_module(m.params["layers"][5]["moe"]["linear"].weight) is np   # host
     assert cupy.get_array_module(m.params["layers"][2]["moe"]["linear"].weight) is cupy
-    cpu = minigrok.load(tiny_dir).logits(TOKENS)
+    streamer = m.params["layers"][5]["moe"]["linear"].streamer
+    assert all(w.streamer is streamer for layer in m.params["layers"][3:]
+               for group in ("multi_head_attention", "moe") for w in layer[group].values())
+    copies, copy = [], streamer.copy
+    monkeypatch.setattr(streamer, "copy",
+                        lambda qw, *a: copies.append(stream._key(qw)) or copy(qw, *a))
+    cpu_model = minigrok.load(tiny_dir)
+
+    # one streamed layer's MoE alone, a token per expert call: each chosen expert's three
+    # matrices cross exactly once, and nothing else does
+    host, experts = cpu_model.params["layers"][5], m.params["layers"][5]["moe"]
+    x = np.random.default_rng(0).standard_normal((len(TOKENS), cfg.emb_size)).astype(np.float32)
+    out, _, ids, _ = moe.moe(cupy.asarray(x), m.params["layers"][5]["router"],
+                             *(experts[n] for n in ("linear", "linear_v", "linear_1")),
+                             num_selected=cfg.num_selected_experts, expert_rows=1)
+    want = moe.moe(x, host["router"], **host["moe"], num_selected=cfg.num_selected_experts,
+                   expert_rows=1)[0]
+    assert np.abs(out.get() - want).max() <= 1e-5 * np.abs(want).max()
+    chosen = sorted(set(ids.get().ravel().tolist()))
+    assert len(chosen) > 1 and sorted(copies) == sorted(
+        stream._key(experts[n][e]) for e in chosen for n in ("linear", "linear_v", "linear_1"))
+
+    # the whole model
+    copies.clear()
+    cpu = cpu_model.logits(TOKENS)
     assert np.abs(m.logits(TOKENS) - cpu).max() / np.abs(cpu).max() < 1e-4
     assert copies and len(copies) == len(set(copies))
     kwargs = dict(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5)
     assert list(m.generate_ids([5, 17, 300], **kwargs)) == \
-        list(minigrok.load(tiny_dir).generate_ids([5, 17, 300], **kwargs))
+        list(cpu_model.generate_ids([5, 17, 300], **kwargs))
 
 
 @settings(max_examples=10, deadline=None)
@@ -209,19 +241,14 @@ def test_streamed_layers_compute_what_resident_ones_do(tiny_dir, monkeypatch):
        seed=st.integers(0, 2**32 - 1))
 def test_streamed_copies_arrive_whole(n_bytes, stage, seed):
     # staging buffers far smaller than the weight: many pieces, the last one partial
-    from minigrok import stream
+    from minigrok.engine.stream import Streamer
 
     rng = np.random.default_rng(seed)
     host = quant.QuantizedWeight8bit(rng.integers(-127, 128, (n_bytes, 1), dtype=np.int8),
                                      rng.integers(0, 2**16, (1, 1), dtype=np.uint16))
-    saved = stream.STAGE_BYTES, stream._staging[:]
-    stream.STAGE_BYTES, stream._staging[:] = stage, []
-    try:
-        got = stream._copy(host, 0, cupy.cuda.get_current_stream())
-    finally:
-        stream.STAGE_BYTES, stream._staging[:] = saved
-    assert np.array_equal(got.weight.get(), host.weight)
-    assert np.array_equal(got.scales.get(), host.scales)
+    weight, scales = Streamer(stage_bytes=stage).copy(host, 0, cupy.cuda.get_current_stream())
+    assert np.array_equal(weight.get(), host.weight)
+    assert np.array_equal(scales.get(), host.scales)
 
 
 def test_layers_split_over_two_gpus(tiny_dir):
@@ -231,7 +258,10 @@ def test_layers_split_over_two_gpus(tiny_dir):
     # the first GPU takes the embeddings and 5 layers, the second the other 7
     limit = cfg.vocab_size * cfg.emb_size * 4 + reserve_bytes(cfg, False) + 5.5 * layer_bytes(cfg)
     m = minigrok.load(tiny_dir, device="cuda:0,1", gpu_memory=limit / 2**30)
-    assert [layer["place"].device for layer in m.params["layers"]] == [0] * 5 + [1] * 7
+    attention = [layer["multi_head_attention"] for layer in m.params["layers"]]
+    assert all(isinstance(a[n], Int8Weight) for a in attention for n in a)      # all resident
+    assert [a["query"].weight.device.id for a in attention] == [0] * 5 + [1] * 7
+    assert [layer["rms_norm"].device.id for layer in m.params["layers"]] == [0] * 5 + [1] * 7
     cpu = minigrok.load(tiny_dir).logits(TOKENS)
     assert np.abs(m.logits(TOKENS) - cpu).max() / np.abs(cpu).max() < 1e-4
     # decoding: each layer's KV cache and kernels on its own GPU

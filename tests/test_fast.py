@@ -1,4 +1,5 @@
-"""The CPU fast paths compute what the teaching code computes (see minigrok/fast.py)."""
+"""The CPU fast paths compute what the reference computes (minigrok/engine/cpu.py, native.py,
+threads.py; the GPU's TF32 split, gemv.tf32_parts, whose arithmetic is checked here too)."""
 
 import os
 
@@ -7,14 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigrok import fast
+from minigrok.engine import cpu, gemv, native
+from minigrok.engine import threads as engine_threads
+from minigrok.environment import num_threads
 from minigrok.errors import MinigrokError
 
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 500), parts=st.integers(1, 5), step=st.integers(1, 64))
 def test_split_covers_the_range_on_step_boundaries(n, parts, step):
-    pieces = fast._split(n, parts, step)
+    pieces = engine_threads.split_range(n, parts, step)
     assert len(pieces) <= parts
     assert pieces[0][0] == 0 and pieces[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))   # contiguous, no overlap
@@ -37,12 +40,8 @@ def test_matmul_transposed_equals_h_times_matrix_transposed(T, V, D, threads, ch
     h = rng.standard_normal((T, D)).astype(np.float32)
     m = unaligned(rng.standard_normal((V, D)).astype(np.float32))
     assert not m.flags.aligned or D * V == 0
-    saved = fast.CHUNK_ELEMENTS
-    fast.CHUNK_ELEMENTS = max(1, chunk * D)      # several chunks per thread
-    try:
-        out = fast.matmul_transposed(h, m, threads=threads)
-    finally:
-        fast.CHUNK_ELEMENTS = saved
+    # chunk rows at a time: several chunks per thread (0: the default, one chunk here)
+    out = cpu.matmul_transposed(h, m, threads=threads, chunk_rows=chunk or None)
     ref = h.astype(np.float64) @ m.astype(np.float64).T
     bound = np.abs(h).astype(np.float64) @ np.abs(m).astype(np.float64).T
     assert out.shape == (T, V) and out.dtype == np.float32
@@ -51,34 +50,34 @@ def test_matmul_transposed_equals_h_times_matrix_transposed(T, V, D, threads, ch
 
 def test_blas_threads_finds_numpys_openblas_and_restores_it():
     blas_name = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
-    blas = fast._openblas()
+    blas = engine_threads.openblas()
     assert (blas is not None) == ("openblas" in blas_name.lower()), blas_name
     if blas is None:                        # another BLAS: the context manager is a no-op
-        with fast.blas_threads(1):
+        with engine_threads.blas_threads(1):
             pass
         pytest.skip(f"numpy's BLAS is {blas_name}, not OpenBLAS")
     set_threads, get_threads = blas
     before = get_threads()
-    with fast.blas_threads(1):
+    with engine_threads.blas_threads(1):
         assert get_threads() == 1
     assert get_threads() == before
 
 
 def test_blas_threads_nested_and_from_threads_restores_once():
-    blas = fast._openblas()
+    blas = engine_threads.openblas()
     if blas is None:
         pytest.skip("numpy's BLAS is not OpenBLAS")
     _, get_threads = blas
     before = get_threads()
-    with fast.blas_threads(1):
-        with fast.blas_threads(1):
+    with engine_threads.blas_threads(1):
+        with engine_threads.blas_threads(1):
             assert get_threads() == 1
         assert get_threads() == 1            # the outer block still holds it
     assert get_threads() == before
     from concurrent.futures import ThreadPoolExecutor
 
     def hold(_):
-        with fast.blas_threads(1):
+        with engine_threads.blas_threads(1):
             return get_threads()
     with ThreadPoolExecutor(4) as pool:
         assert set(pool.map(hold, range(40))) == {1}
@@ -87,21 +86,21 @@ def test_blas_threads_nested_and_from_threads_restores_once():
 
 def test_thread_count_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("MINIGROK_THREADS", "3")
-    assert fast.num_threads() == 3
+    assert num_threads() == 3
     for bad in ("abc", "0", "-2", "1.5"):
         monkeypatch.setenv("MINIGROK_THREADS", bad)
         with pytest.raises(MinigrokError, match="MINIGROK_THREADS"):
-            fast.num_threads()
+            num_threads()
 
 
 # -- the compiled int8 GEMV ------------------------------------------------------------------
 
 def kernels():
-    """(name, kernel) for both builds of fast._NATIVE_SOURCE; skips where nothing compiles."""
-    native, portable = fast.native_kernel(), fast.native_kernel(portable=True)
-    if native is None or portable is None:
+    """(name, kernel) for both builds of kernels/int8_matmul.c; skips where nothing compiles."""
+    best, portable = native.native_kernel(), native.native_kernel(portable=True)
+    if best is None or portable is None:
         pytest.skip("no working C compiler ($CC or cc): the numpy path runs instead")
-    return [("native", native), ("portable", portable)]
+    return [("native", best), ("portable", portable)]
 
 
 def int8_problem(rng, n_in, n_out, blocks, T=1):
@@ -115,7 +114,7 @@ def int8_problem(rng, n_in, n_out, blocks, T=1):
 
 @settings(max_examples=60, deadline=None)
 @given(blocks=st.sampled_from([1, 2, 8]), per_block=st.integers(1, 13),
-       n_out=st.integers(1, 300), T=st.integers(1, 2 * fast.NATIVE_TOKENS + 1),
+       n_out=st.integers(1, 300), T=st.integers(1, 2 * native.NATIVE_TOKENS + 1),
        threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
 def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_out, T, threads,
                                                          seed):
@@ -125,48 +124,48 @@ def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_ou
     x, w, s, ref, bound = int8_problem(np.random.default_rng(seed), blocks * per_block, n_out,
                                        blocks, T)
     for name, kernel in kernels():
-        out = fast.native_matmul(x, w, s, kernel, threads=threads)
+        out = native.native_matmul(x, w, s, kernel, threads=threads)
         assert out.shape == (T, n_out) and out.dtype == np.float32, name
         assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), name
         # a thread owns whole scale blocks or columns, and a token's sums do not involve the
         # other tokens: neither the number of threads nor the batch changes a single bit
-        np.testing.assert_array_equal(out, fast.native_matmul(x, w, s, kernel, threads=1))
-        np.testing.assert_array_equal(out[-1:], fast.native_matmul(x[-1:], w, s, kernel))
+        np.testing.assert_array_equal(out, native.native_matmul(x, w, s, kernel, threads=1))
+        np.testing.assert_array_equal(out[-1:], native.native_matmul(x[-1:], w, s, kernel))
 
 
 def test_native_matmul_across_column_tiles_and_scale_blocks():
     # wider than a tile (16352 columns for one token, 2016 for eight), split into columns (one
     # scale block) or into blocks (8 of 5 rows) and columns (3 blocks, 4 threads)
-    for T in (1, fast.NATIVE_TOKENS):
+    for T in (1, native.NATIVE_TOKENS):
         for blocks, per_block in ((1, 40), (8, 5), (3, 7)):
             x, w, s, ref, bound = int8_problem(np.random.default_rng(7), blocks * per_block,
                                                16384 + 37, blocks, T)
             for name, kernel in kernels():
-                one = fast.native_matmul(x, w, s, kernel, threads=1)
+                one = native.native_matmul(x, w, s, kernel, threads=1)
                 assert np.all(np.abs(one - ref) <= 1e-5 * bound + 1e-30), (name, T, blocks)
                 for threads in (2, 3, 4):
                     np.testing.assert_array_equal(
-                        fast.native_matmul(x, w, s, kernel, threads=threads), one)
+                        native.native_matmul(x, w, s, kernel, threads=threads), one)
 
 
 def test_native_matmul_takes_a_few_tokens_and_minigrok_native_0_turns_it_off(monkeypatch):
     kernels()
     x, w, s, ref, bound = int8_problem(np.random.default_rng(3), 64, 4096, 8,
-                                       fast.NATIVE_TOKENS + 1)
+                                       native.NATIVE_TOKENS + 1)
     calls = []
-    real = fast.native_matmul
-    monkeypatch.setattr(fast, "native_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for T in (1, fast.NATIVE_TOKENS):
-        out = fast.int8_matmul(x[:T], w, s)
+    real = native.native_matmul
+    monkeypatch.setattr(cpu, "native_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for T in (1, native.NATIVE_TOKENS):
+        out = cpu.int8_matmul(x[:T], w, s)
         assert np.all(np.abs(out - ref[:T]) <= 1e-5 * bound[:T])
     assert calls == [1, 1]
-    fast.int8_matmul(x, w, s)                                 # more tokens: numpy's tiles
-    fast.int8_matmul(x[:1], w, s, chunk_rows=8)               # a chunk size asks for numpy
-    fast.int8_matmul(x[:1], np.asfortranarray(w), s)          # not row-major: numpy
+    cpu.int8_matmul(x, w, s)                                 # more tokens: numpy's tiles
+    cpu.int8_matmul(x[:1], w, s, chunk_rows=8)               # a chunk size asks for numpy
+    cpu.int8_matmul(x[:1], np.asfortranarray(w), s)          # not row-major: numpy
     assert calls == [1, 1]
     monkeypatch.setenv("MINIGROK_NATIVE", "0")
-    assert fast.native_kernel() is None
-    out = fast.int8_matmul(x[:1], w, s)
+    assert native.native_kernel() is None
+    out = cpu.int8_matmul(x[:1], w, s)
     assert calls == [1, 1] and np.all(np.abs(out - ref[:1]) <= 1e-5 * bound[:1])
 
 
@@ -177,28 +176,24 @@ def test_native_kernel_is_built_once_into_the_cache_and_falls_back_without_a_com
     cc.write_text(f"#!/bin/sh\nexec {os.environ.get('CC') or 'cc'} \"$@\"\n")
     cc.chmod(0o755)
     monkeypatch.setenv("CC", str(cc))
-    monkeypatch.setattr(fast, "_native", {})
     monkeypatch.setenv("MINIGROK_CACHE", str(tmp_path))
-    assert fast.native_kernel() is not None
+    assert native.build_kernel() is not None
     built = sorted((tmp_path / "native").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"          # no temporary left behind
-    # A new process (an empty _native) loads the cached library: no compiler needed.
+    # A new process loads the cached library: no compiler needed.
     cc.write_text("#!/bin/sh\nexit 1\n")
-    monkeypatch.setattr(fast, "_native", {})
-    assert fast.native_kernel() is not None
-    # With no library cached and no compiler, minigrok falls back to numpy.
-    monkeypatch.setattr(fast, "_native", {})
+    assert native.build_kernel() is not None
+    # With no library cached and no compiler, there is no kernel: int8_matmul then takes
+    # numpy's tiles (test_native_matmul_takes_a_few_tokens_and_minigrok_native_0_turns_it_off).
     monkeypatch.setenv("MINIGROK_CACHE", str(tmp_path / "empty"))
-    assert fast.native_kernel() is None
-    x, w, s, ref, bound = int8_problem(np.random.default_rng(5), 16, 100, 1)
-    assert np.all(np.abs(fast.int8_matmul(x, w, s) - ref) <= 1e-5 * bound)
+    assert native.build_kernel() is None
 
 
 def test_native_matmul_refuses_a_weight_it_would_have_to_copy():
     kernel = kernels()[0][1]
     w = np.zeros((8, 16), dtype=np.int8)
     with pytest.raises(ValueError, match="C-contiguous int8"):
-        fast.native_matmul(np.ones((1, 8), np.float32), w.T.copy().T, np.ones((1, 16)), kernel)
+        native.native_matmul(np.ones((1, 8), np.float32), w.T.copy().T, np.ones((1, 16)), kernel)
 
 
 # -- the GPU's TF32 split, checked with numpy ---------------------------------------------------
@@ -214,7 +209,7 @@ float32_values = st.one_of(
 @given(values=st.lists(float32_values, min_size=1, max_size=30))
 def test_tf32_parts_are_exact_and_add_up_to_x(values):
     x = np.array(values, np.float32)[None]
-    hi, mid, lo = fast.tf32_parts(x)
+    hi, mid, lo = gemv.tf32_parts(x)
     for part in (hi, mid, lo):                    # TF32: the low 13 mantissa bits are zero
         assert not np.any(part.view(np.uint32) & 0x1FFF)
     finite = np.isfinite(x)
@@ -231,5 +226,5 @@ def test_tf32_parts_are_exact_and_add_up_to_x(values):
 
 
 def test_tf32_parts_keep_nan():
-    hi, mid, lo = fast.tf32_parts(np.array([[np.nan, 1.5]], np.float32))
+    hi, mid, lo = gemv.tf32_parts(np.array([[np.nan, 1.5]], np.float32))
     assert np.isnan(hi[0, 0]) and mid[0, 0] == 0 and lo[0, 0] == 0 and hi[0, 1] == 1.5

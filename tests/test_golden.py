@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 import minigrok
-from minigrok import attention as attention_module
-from minigrok import golden, quant
-from minigrok import moe as moe_module
-from minigrok.checkpoint import CKPT_DIR, EMBEDDINGS, FINAL_NORM, open_checkpoint
-from minigrok.model import model_params
+from minigrok.reference import attention as attention_module
+from minigrok import golden
+from minigrok.reference import quant
+from minigrok.reference import moe as moe_module
+from minigrok.formats.checkpoint import CKPT_DIR, EMBEDDINGS, FINAL_NORM, open_checkpoint
+from minigrok.reference.model import model_params
 
 from testutil import REPO, run_cli
 

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigrok.config import preset
+from minigrok.reference.config import preset
 from minigrok.errors import MinigrokError
-from minigrok.placement import (Place, layer_bytes, parse_devices, plan, reserve_bytes)
+from minigrok.engine.placement import (Place, layer_bytes, parse_devices, plan, reserve_bytes)
 
 GiB = 2**30
 GROK1 = preset("grok-1")

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from minigrok.errors import MinigrokError
-from minigrok.sampling import FILTERED_LOGIT, sample_token, top_p_filter
+from minigrok.reference.sampling import FILTERED_LOGIT, sample_token, top_p_filter
 
 
 def nucleus_reference(logits, top_p):

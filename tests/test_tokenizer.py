@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigrok.errors import MinigrokError
-from minigrok.tokenizer import (
+from minigrok.formats.tokenizer import (
     TOKENIZER_SHA256,
     TOKENIZER_URL,
     decode,

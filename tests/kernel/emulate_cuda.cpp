@@ -1,4 +1,4 @@
-// Runs minigrok's CUDA int8 GEMV kernel (its exact source, included as kernel.cu) on the CPU:
+// Runs minigrok's CUDA int8 GEMV kernels (minigrok/engine/kernels/gemv.cu, included) on the CPU:
 // one std::thread per CUDA thread, a std::barrier for __syncthreads, blocks one after the
 // other. It checks the kernel's indexing, tiling and shared-memory reduction where there is
 // no GPU; speed and the GPU's own behaviour are tests/test_cupy.py's job.
@@ -54,7 +54,7 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) { return __atomic
 // Shared memory becomes a function-static array: one copy that all threads of a block see,
 // which is right because blocks run one at a time.
 #define __shared__ static
-#include "kernel.cu"
+#include "gemv.cu"
 
 // Every block of the grid, one after the other, each with one std::thread per CUDA thread.
 static void launch(int gx, int gy, int gz, int bx, int by, const std::function<void()>& kernel) {

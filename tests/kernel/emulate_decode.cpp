@@ -1,11 +1,11 @@
-// Runs minigrok's GPU decode kernels (fast._DECODE_SOURCE, included as decode.cu) on the CPU,
+// Runs minigrok's GPU decode kernels (minigrok/engine/kernels/decode.cu, included) on the CPU,
 // as a shared library that tests/test_kernel_emulated.py calls through ctypes: one
 // std::thread per CUDA thread, a std::barrier for __syncthreads and one per warp for
 // __shfl_xor_sync, blocks one after the other. It checks the kernels' indexing, reductions
 // and formulas where there is no GPU; the GPU's own behaviour is tests/test_cupy.py's job.
 //
-// The test writes decode.cu with `extern __shared__ float shared[];` turned into a pointer
-// to this block's dynamic shared memory (C++ has no such declaration).
+// decode.cu's dynamic shared memory (DYNAMIC_SHARED) becomes a pointer to this block's
+// buffer, since C++ has no `extern __shared__` declaration.
 #include <algorithm>
 #include <barrier>
 #include <cmath>
@@ -40,6 +40,7 @@ using std::min;                                     // CUDA's integer min
 // Static shared memory becomes a function-static array: one copy that all threads of a block
 // see, which is right because blocks run one at a time.
 #define __shared__ static
+#define DYNAMIC_SHARED(name) float* name = reinterpret_cast<float*>(dynamic_shared.data())
 #include "decode.cu"
 
 // Every block of a one-dimensional grid, one after the other.
@@ -77,10 +78,10 @@ void run_rope_and_cache(int grid, int block, const float* q, const float* k, con
 void run_attention_part(int grid, int block, size_t shared_bytes, const float* q_rot,
                         const float* cache_k, const float* cache_v, const bool* cache_keep,
                         float* part, float* part_max, float* part_sum, int S, int K, int G,
-                        int d, int chunk, float multiplier) {
+                        int d, int chunk, float multiplier, float cap, float masked) {
     launch(grid, block, shared_bytes, [&] {
         attention_part(q_rot, cache_k, cache_v, cache_keep, part, part_max, part_sum, S, K, G,
-                       d, chunk, multiplier);
+                       d, chunk, multiplier, cap, masked);
     });
 }
 void run_attention_combine(int grid, int block, const float* part, const float* part_max,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from minigrok import make_checkpoint as mc
-from minigrok.config import preset
+from minigrok.formats import make_checkpoint as mc
+from minigrok.reference.config import preset
 from oracle_checks import MEASURED
 from oracle_harness import SRC, Oracle, source_missing
 from testutil import tokenizer_path

@@ -24,16 +24,16 @@ from unittest import mock
 import numpy as np
 
 import minigrok
-from minigrok import layer as mg_layer
-from minigrok import moe as mg_moe
-from minigrok import quant
-from minigrok.attention import attention
-from minigrok.config import Config
-from minigrok.layer import decoder_layer
-from minigrok.moe import expert, moe
-from minigrok.rmsnorm import rms_norm
-from minigrok.rope import apply_rope
-from minigrok.sampling import top_p_filter
+from minigrok.reference import layer as mg_layer
+from minigrok.reference import moe as mg_moe
+from minigrok.reference import quant
+from minigrok.reference.attention import attention
+from minigrok.reference.config import Config
+from minigrok.reference.layer import decoder_layer
+from minigrok.reference.moe import expert, moe
+from minigrok.reference.rmsnorm import rms_norm
+from minigrok.reference.rope import apply_rope
+from minigrok.reference.sampling import top_p_filter
 
 U32 = 2.0 ** -24
 U16 = 2.0 ** -8
@@ -598,7 +598,7 @@ def check_model_logits(oracle, checkpoint, tokens, dtype, via="api"):
         # Again with the queries in blocks of 5 (attention.SCORE_BYTES), so that blocks that
         # read only the keys up to their last query, and a block of leading pads that reads
         # them all, are held to the official code too.
-        from minigrok import attention as mg_attention
+        from minigrok.reference import attention as mg_attention
         with mock.patch.object(mg_attention, "SCORE_BYTES",
                                5 * m.config.num_q_heads * len(tokens) * 4):
             err, flips = explain(official, logits_of, dtype)
@@ -628,8 +628,8 @@ def check_decode(oracle, checkpoint, prompt, tokens, dtype, memory_len):
                     dtype=dtype, memory_len=memory_len)
     official = out["logits"]
     m = minigrok.load(checkpoint)
-    from minigrok.attention import new_cache
-    from minigrok.model import forward
+    from minigrok.reference.attention import new_cache
+    from minigrok.reference.model import forward
     cache = new_cache(m.config.num_layers, len(prompt) + len(tokens), m.config.num_kv_heads,
                       m.config.key_size)
     ours = [forward(m.params, m.config, prompt, cache, last_only=True)[0]]
@@ -663,7 +663,7 @@ def assume_prompt_fits(checkpoint, tokenizer, prompt, bucket):
     pad bucket: the official runner left-truncates those to the bucket, minigrok only to
     the context (a runner setting, not the model)."""
     from hypothesis import assume
-    from minigrok.tokenizer import encode, load_tokenizer
+    from minigrok.formats.tokenizer import encode, load_tokenizer
     n = len(encode(load_tokenizer(tokenizer), prompt))
     assume(1 <= n <= bucket)
 
@@ -712,7 +712,7 @@ def check_generation(oracle, checkpoint, tokenizer, prompt, dtype, steps, bucket
 def check_restore(oracle, checkpoint):
     """checkpoint.restore (through ModelRunner.load_or_init) reads every tensor of a
     minigrok-written checkpoint as minigrok's reader does, bit for bit, in the same order."""
-    from minigrok.checkpoint import open_checkpoint
+    from minigrok.formats.checkpoint import open_checkpoint
     out, reply = oracle("params", checkpoint=str(checkpoint))
     ck = open_checkpoint(checkpoint)
     names = [s.name for s in ck.specs]
@@ -739,7 +739,7 @@ def compare_params(official, params):
 def check_official_writes(oracle, out_dir, config, seed):
     """Files written by the official writer (checkpoint.fast_pickle of the official objects,
     as the release was made) are read by minigrok as the official tree holds them."""
-    from minigrok.checkpoint import open_checkpoint
+    from minigrok.formats.checkpoint import open_checkpoint
     official, _ = oracle("write_official", out=str(out_dir), config=config, seed=seed)
     ck = open_checkpoint(out_dir)
     compare_params(official, ck.params)

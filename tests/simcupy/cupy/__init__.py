@@ -117,7 +117,7 @@ def asarray(a, dtype=None):
             raise ValueError("simulated cupy: asarray of an array on another device")
         return a if dtype is None or a.dtype == dtype else _wrap(numpy.asarray(a).astype(dtype))
     if getattr(getattr(a, "dtype", None), "metadata", None):
-        # stricter than CuPy may be: minigrok hands over plain dtypes (xp.plain)
+        # stricter than CuPy may be: minigrok hands over plain dtypes (engine/devices.plain)
         raise TypeError("simulated cupy: a dtype with metadata")
     return _wrap(numpy.array(a, dtype=dtype))
 
@@ -209,15 +209,22 @@ _GEMV_KERNELS = ("int8_gemv", "int8_gemv_routed", "int8_gemv_three", "int8_gemv_
 
 class RawKernel:
     """The int8 GEMV's block decomposition in numpy, checking the launch it is given; the
-    decode kernels (fast._DECODE_SOURCE) as numpy functions of the same arguments."""
+    decode kernels (minigrok/engine/kernels/decode.cu) as numpy functions of the same
+    arguments."""
 
     def __init__(self, source, name, options=()):
         assert "__global__" in source and f" {name}(" in source
         self.name = name
-        # int8_gemv_tokens takes as many tokens as the source says it does
-        self.tokens = int(re.search(r"#define GEMV_TOKENS (\d+)", source)[1]) \
-            if name == "int8_gemv_tokens" else 1
-        if name not in _GEMV_KERNELS:
+        if name in _GEMV_KERNELS:
+            # gemv.cu does not compile without -DGEMV_TOKENS=n, and int8_gemv_tokens takes
+            # that many tokens; -DWIDEN_BY_I2F (another widening, the same numbers) is the
+            # only other option it knows
+            tokens = [int(m[1]) for o in options for m in [re.fullmatch(r"-DGEMV_TOKENS=(\d+)", o)]
+                      if m]
+            assert len(tokens) == 1 and tokens[0] > 0, f"gemv.cu needs -DGEMV_TOKENS=n: {options}"
+            assert set(options) <= {f"-DGEMV_TOKENS={tokens[0]}", "-DWIDEN_BY_I2F"}, options
+            self.tokens = tokens[0] if name == "int8_gemv_tokens" else 1
+        else:
             assert "--fmad=false" in options
             self.decode = getattr(_DecodeKernels, name)
 
@@ -300,7 +307,7 @@ class _DecodeKernels:
 
     @staticmethod
     def attention_part(grid, block, shared_mem, q_rot, cache_k, cache_v, cache_keep, part,
-                       part_max, part_sum, S, K, G, d, chunk, multiplier):
+                       part_max, part_sum, S, K, G, d, chunk, multiplier, cap, masked):
         P = -(-S // chunk)
         assert grid == (K * P,) and shared_mem >= G * chunk * 4 and block[0] % 32 == 0
         assert part.size == P * K * G * d and part_max.shape == part_sum.shape == (P, K * G)
@@ -308,8 +315,8 @@ class _DecodeKernels:
         for c in range(P):
             rows = slice(c * chunk, min(S, (c + 1) * chunk))
             scores = numpy.einsum("kgd,skd->kgs", q, cache_k[rows]) * multiplier
-            scores = numpy.where(cache_keep[rows], 30 * numpy.tanh(scores / 30),
-                                 numpy.float32(-1e30))
+            scores = numpy.where(cache_keep[rows], cap * numpy.tanh(scores / cap),
+                                 numpy.float32(masked))
             top = scores.max(axis=-1, keepdims=True)
             p = numpy.exp(scores - top)
             total = p.sum(axis=-1, keepdims=True)

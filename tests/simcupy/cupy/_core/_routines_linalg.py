@@ -1,9 +1,9 @@
-"""CuPy's compute type for float32 products, simulated (fast._tf32_matmuls sets it).
+"""CuPy's compute type for float32 products, simulated (engine/gemv._tf32_matmuls sets it).
 
 With COMPUTE_TYPE_TF32, cuBLAS may run float32 products on the tensor cores, which keep
 only 10 of each input's 23 mantissa bits. The simulated products then drop those bits from
 their float32 inputs too, so that the simulated run checks what minigrok relies on: its
-TF32 products are exact because every input already fits in TF32 (fast.tf32_parts). A
+TF32 products are exact because every input already fits in TF32 (gemv.tf32_parts). A
 product that fed plain float32 would be off by ~1e-3 of its size here, as on a GPU. The
 numbers follow CuPy's enum.
 

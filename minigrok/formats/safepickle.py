@@ -21,8 +21,8 @@ import struct
 
 import numpy as np
 
-from .errors import CheckpointError
-from .quant import QuantizedWeight8bit
+from ..errors import CheckpointError
+from ..reference.quant import QuantizedWeight8bit
 
 # bfloat16 as its uint16 bits, marked so callers can tell it from genuine uint16 (no
 # ml_dtypes at run time).

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from .errors import MinigrokError
+from ..errors import MinigrokError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .errors import MinigrokError
+from ..errors import MinigrokError
 from .xp import array_module, to_numpy
 
 # The official filter does not use -inf for dropped tokens but this large finite

@@ -9,20 +9,21 @@ and its two experts). ``--device cuda:0,1,...`` places the model like this:
   free memory (less a reserve for activations, the KV cache and stream buffers): 4 x 80 GB
   or 3 x 141 GB hold all 64 layers;
 * layers that fit nowhere stay in the host's memory map on the last GPU's account, and
-  stream.fetch copies just what a token needs (attention, the 2 routed experts) when it
+  the Streamer (stream.py) copies just what a token needs (attention, the 2 routed experts) when it
   needs it, the copies running beside the GPU's compute.
 
 A token's activations [T, D] hop from GPU to GPU between layers; each layer's KV cache is made
-on its own GPU (attention.new_cache).
+on its own GPU (attention.layer_cache, on the GPU the layer runs on).
 """
 
 from typing import NamedTuple
 
-from . import stream
-from .checkpoint import active_int8_bytes
-from .config import Config
-from .errors import MinigrokError
-from .quant import QuantizedWeight8bit
+from ..errors import MinigrokError
+from ..formats.checkpoint import active_int8_bytes, layer_bytes
+from ..reference.config import Config
+from ..reference.quant import QuantizedWeight8bit
+from .stream import Streamer
+from .weights import Int8Weight, StreamedWeight
 
 
 class Place(NamedTuple):
@@ -32,28 +33,6 @@ class Place(NamedTuple):
 
     device: int
     resident: bool
-
-
-def parse_devices(device: str) -> list[int]:
-    """``cuda`` -> [0], ``cuda:2`` -> [2], ``cuda:0,1,3`` -> [0, 1, 3]."""
-    _, _, ids = device.partition(":")
-    try:
-        devices = [int(i) for i in ids.split(",")] if ids else [0]
-    except ValueError:
-        raise MinigrokError(f"unknown device {device!r}: use cpu, cuda, cuda:N or "
-                            "cuda:N,M,...") from None
-    if len(set(devices)) != len(devices) or min(devices) < 0:
-        raise MinigrokError(f"device {device!r}: each GPU may be named once")
-    return devices
-
-
-def layer_bytes(cfg: Config) -> int:
-    """Bytes of one layer's weights: int8, their bf16 scales, the float32 router and norms."""
-    D, F, E = cfg.emb_size, cfg.ffn_size, cfg.num_experts
-    q, kv = cfg.num_q_heads * cfg.key_size, cfg.num_kv_heads * cfg.key_size
-    weights = D * q + 2 * D * kv + q * D + E * 3 * D * F
-    scales = 2 * (q + 2 * kv + 8 * D + E * (2 * F + 8 * D))     # bf16 [B, out] each
-    return weights + scales + 4 * (D * E + 4 * D)
 
 
 def reserve_bytes(cfg: Config, streaming: bool) -> int:
@@ -105,60 +84,53 @@ def plan(cfg: Config, free: list[int]) -> list[Place]:
     return places
 
 
-def _to(tree):
-    """Every array of a parameter tree copied to the current GPU."""
+def _upload(tree, streamer: Streamer, streamed: bool = False):
+    """A parameter tree on the current GPU: float arrays copied, quantised weights copied and
+    wrapped (Int8Weight), or, for a streamed layer, left in host memory (StreamedWeight)."""
     if isinstance(tree, dict):
-        return {k: _to(v) for k, v in tree.items()}
-    if isinstance(tree, tuple):
-        return type(tree)(*(_to(v) for v in tree))
-    return stream.upload(tree)
+        return {k: _upload(v, streamer, streamed) for k, v in tree.items()}
+    if isinstance(tree, QuantizedWeight8bit):
+        if streamed:
+            return StreamedWeight(tree.weight, tree.scales, streamer)
+        return Int8Weight(streamer.upload(tree.weight), streamer.upload(tree.scales))
+    return streamer.upload(tree)
 
 
-def place(params: dict, cfg: Config, devices: list[int], limit: int | None = None):
-    """Host parameters (model.model_params) -> the same tree placed on ``devices``.
+def place(params: dict, cfg: Config, devices: list[int], limit: int | None = None,
+          streamer: Streamer | None = None):
+    """Host parameters (checkpoint.model_params) -> (the same tree on ``devices``, one Place
+    per layer with the real device id, and the Streamer of its streamed layers).
 
     ``limit`` caps the bytes used per GPU (to try streaming on a GPU that could hold it all).
-    The tree and each layer dict gain a "place" entry (a Place with the real device id); a
-    streamed layer's int8 weights stay host arrays.
+    The embeddings and final norm go on the first GPU; a streamed layer's int8 weights stay
+    host arrays.
     """
     import cupy
 
+    streamer = streamer or Streamer()
     free = []
     for d in devices:
         with cupy.cuda.Device(d) as gpu:
             free.append(min(gpu.mem_info[0], limit or gpu.mem_info[0]))
-    places = plan(cfg, free)
+    plans = plan(cfg, free)
     with cupy.cuda.Device(devices[0]):
-        out = {"in_out_embed": _to(params["in_out_embed"]),
-               "rms_norm": _to(params["rms_norm"]), "layers": [],
-               "place": Place(devices[0], True)}
-    for layer, where in zip(params["layers"], places):
+        out = {"in_out_embed": _upload(params["in_out_embed"], streamer),
+               "rms_norm": _upload(params["rms_norm"], streamer), "layers": []}
+    places = []
+    for layer, where in zip(params["layers"], plans):
         device = devices[where.device]
         with cupy.cuda.Device(device):
-            if where.resident:
-                placed = _to(layer)
-            else:                         # the int8 weights stay in the host memory map
-                placed = {k: (v if k in ("multi_head_attention", "moe") else _to(v))
-                          for k, v in layer.items()}
-                for block in ("multi_head_attention", "moe"):
-                    placed[block] = {k: (w if isinstance(w, QuantizedWeight8bit) else
-                                         _to(w)) for k, w in layer[block].items()}
-        placed["place"] = Place(device, where.resident)
-        out["layers"].append(placed)
+            out["layers"].append(_upload(layer, streamer, streamed=not where.resident))
+        places.append(Place(device, where.resident))
     cupy.cuda.Device(devices[0]).use()
-    return out
+    return out, places, streamer
 
 
-def enter(where: Place | None, *arrays):
-    """Make ``where``'s GPU the current one and return ``arrays`` moved there.
-
-    A no-op on the CPU (``where`` is None) and for arrays already on that GPU.
-    """
-    if where is None:
-        return arrays
+def enter(device: int, *arrays):
+    """Make GPU ``device`` the current one and return ``arrays`` moved there (a no-op for
+    arrays already on it)."""
     import cupy
 
-    cupy.cuda.Device(where.device).use()
+    cupy.cuda.Device(device).use()
     # Activations [T, D] and the pad mask [T]: a few KB, copied through the host.
-    return tuple(a if a.device.id == where.device else cupy.asarray(cupy.asnumpy(a))
-                 for a in arrays)
+    return tuple(a if a.device.id == device else cupy.asarray(cupy.asnumpy(a)) for a in arrays)

@@ -16,8 +16,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .cache import cache_dir
-from .errors import MinigrokError
+from ..environment import cache_dir
+from ..errors import MinigrokError
 
 TOKENIZER_NAME = "tokenizer.model"
 # The file at the official release commit (xai-org/grok-1 7050ed2), and its hash.

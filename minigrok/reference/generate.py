@@ -9,8 +9,9 @@ import warnings
 
 import numpy as np
 
+from ..errors import MinigrokError
 from .attention import new_cache
-from .errors import MinigrokError
+from .layer import decoder_layer
 from .model import forward
 from .sampling import check_settings, sample_token
 
@@ -31,12 +32,12 @@ def check_tokens(ids, vocab_size: int) -> list[int]:
 
 
 def generate_tokens(params, cfg, prompt, *, max_new_tokens: int, temperature: float = 0.0,
-                    top_p: float = 1.0, seed: int = 0, xp=np):
+                    top_p: float = 1.0, seed: int = 0, xp=np, layer_fn=decoder_layer):
     """Yield up to ``max_new_tokens`` new token ids (ints) after ``prompt`` (a list of ids).
 
     temperature 0 is greedy; otherwise logits / temperature go through the official
     nucleus filter (top_p) and a token is drawn from a generator seeded with ``seed``.
-    Stops after yielding the EOS token.
+    Stops after yielding the EOS token. ``layer_fn``: see model.forward.
     """
     prompt = check_tokens(prompt, cfg.vocab_size)
     if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens < cfg.sequence_len:
@@ -48,20 +49,23 @@ def generate_tokens(params, cfg, prompt, *, max_new_tokens: int, temperature: fl
         warnings.warn(f"prompt of {len(prompt)} tokens does not fit the {cfg.sequence_len}-token "
                       f"context with {max_new_tokens} new tokens: keeping its last {room}")
         prompt = prompt[-room:]
-    return _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, xp)
+    return _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, xp,
+                        layer_fn)
 
 
-def _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, xp):
+def _decode_loop(params, cfg, prompt, max_new_tokens, temperature, top_p, seed, xp, layer_fn):
     """The generator behind generate_tokens (split off so bad arguments fail at the call)."""
     if max_new_tokens == 0:
         return
     rng = np.random.default_rng(seed)
     cache = new_cache(cfg.num_layers, len(prompt) + max_new_tokens, cfg.num_kv_heads,
                       cfg.key_size)
-    logits = forward(params, cfg, xp.asarray(prompt), cache, last_only=True)        # [1, V]
+    logits = forward(params, cfg, xp.asarray(prompt), cache, last_only=True,
+                     layer_fn=layer_fn)                                          # [1, V]
     for step in range(max_new_tokens):
         token = int(sample_token(logits[0], temperature, top_p, rng))
         yield token
         if token == cfg.eos_token or step == max_new_tokens - 1:
             return
-        logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True)
+        logits = forward(params, cfg, xp.asarray([token]), cache, last_only=True,
+                         layer_fn=layer_fn)

@@ -13,10 +13,7 @@ them with a shift: no ml_dtypes at run time.
 
 from typing import NamedTuple
 
-import numpy as np
-
-from . import fast, stream
-from .xp import array_module, on_host
+from .xp import array_module
 
 
 class QuantizedWeight8bit(NamedTuple):
@@ -79,37 +76,19 @@ def dequantize(qw):
     return (w.astype(xp.float32) * s).reshape(*lead, n_in, n_out)
 
 
-def matmul(x, qw, chunk_rows: int | None = None, threads: int | None = None):
-    """x @ dequantize(qw): x [T, in] -> [T, out] fp32, by the fast paths of fast.py.
+def linear(x, w):
+    """x [T, in] @ w [in, out] -> [T, out] float32.
 
-    qw must be a single matrix (weight [in, out]; index experts first). Small weights on the
-    CPU take the teaching path, ``x @ dequantize(qw)``; large ones go to fast.int8_matmul,
-    which never holds the fp32 weight (the compiled kernel for a few tokens, else numpy
-    widening a tile at a time: ``chunk_rows``, ``threads``, see there; setting
-    ``chunk_rows`` forces numpy). On a GPU up to GEMV_MAX_TOKENS tokens go through the int8 kernels of
-    fast.int8_gemv, more through fast.int8_matmul_gpu; a weight still on the host (a
-    streamed layer) is copied over first (stream.fetch).
+    w is a float array, a QuantizedWeight8bit (the product is ``x @ dequantize(w)``, its
+    definition), or a weight that brings its own product of the same sums, ``w.matmul(x)``:
+    that is where the engine plugs in (engine/weights.py), so that the same model code
+    multiplies by int8 weights without widening them, on all cores or on a GPU. Tests hold
+    every such product to ``x @ dequantize(w)``.
     """
     xp = array_module(x)
-    n_in, n_out = qw.weight.shape
-    if x.shape[-1] != n_in:
-        raise ValueError(f"matmul: x has {x.shape[-1]} features, weight has {n_in} rows")
     x = x.astype(xp.float32, copy=False)
-    if xp is not np:
-        if on_host(qw.weight):                                 # a layer streamed from the host
-            qw = stream.fetch(qw)
-        if x.shape[0] <= fast.GEMV_MAX_TOKENS and fast.gemv_fits(qw.weight):
-            return fast.int8_gemv(x, qw.weight, qw.scales)     # decoding, a short prefill
-        return fast.int8_matmul_gpu(x, qw.weight, xp.asarray(qw.scales))
-    if n_in * n_out <= fast.CHUNK_ELEMENTS and chunk_rows is None and threads is None:
-        return x @ dequantize(qw)
-    return fast.int8_matmul(x, qw.weight, bf16_to_f32(np.asarray(qw.scales)), chunk_rows,
-                            threads)
-
-
-def linear(x, w):
-    """x [T, in] @ w [in, out] -> [T, out] float32, for a float or a quantised weight."""
     if isinstance(w, QuantizedWeight8bit):
-        return matmul(x, w)
-    xp = array_module(x)
-    return x.astype(xp.float32, copy=False) @ xp.asarray(w, dtype=xp.float32)
+        return x @ dequantize(w)
+    if hasattr(w, "matmul"):
+        return w.matmul(x)
+    return x @ xp.asarray(w, dtype=xp.float32)

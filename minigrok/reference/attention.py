@@ -12,7 +12,7 @@ uniform average over every key in the call, later ones included; only that pad p
 own output is affected, since no one attends to a pad.
 """
 
-from . import quant, stream
+from . import quant
 from .rope import apply_rope
 from .xp import array_module
 
@@ -20,7 +20,7 @@ SOFT_CAP = 30.0
 MASKED = -1e30
 # The scores of one call are [H, T, S] float32: 13 GB for an 8192-token prompt on Grok-1,
 # several times over while they are capped, masked and soft-maxed. ``context`` therefore
-# takes the queries in blocks whose scores stay under this many bytes; each row's numbers
+# takes the queries in blocks whose scores stay under this many bytes (its ``score_bytes``); each row's numbers
 # are the same as in one piece, up to float32 rounding. (Above 32 MB every temporary would
 # be a fresh mmap from glibc, its pages faulted in anew: 20-30% slower here.)
 SCORE_BYTES = 32 << 20
@@ -38,13 +38,13 @@ def new_cache(num_layers: int, size: int, num_kv_heads: int, key_size: int):
             "shape": (size, num_kv_heads, key_size), "length": 0}
 
 
-def layer_cache(cache, layer: int, xp):
-    """(k [S, K, d], v [S, K, d], keep [S]) of cache layer ``layer``, zeros made on first use."""
-    if cache["k"][layer] is None:
+def layer_cache(cache, index: int, xp):
+    """(k [S, K, d], v [S, K, d], keep [S]) of layer ``index``'s cache, zeros made on first use."""
+    if cache["k"][index] is None:
         for name, like in (("k", xp.float32), ("v", xp.float32), ("keep", bool)):
             shape = cache["shape"] if name != "keep" else cache["shape"][:1]
-            cache[name][layer] = xp.zeros(shape, dtype=like)
-    return cache["k"][layer], cache["v"][layer], cache["keep"][layer]
+            cache[name][index] = xp.zeros(shape, dtype=like)
+    return cache["k"][index], cache["v"][index], cache["keep"][index]
 
 
 def attention_weights(q, k, keep, offset: int, multiplier: float):
@@ -66,17 +66,19 @@ def attention_weights(q, k, keep, offset: int, multiplier: float):
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def context(q, k, v, keep, offset: int, multiplier: float, probs: list | None = None):
+def context(q, k, v, keep, offset: int, multiplier: float, probs: list | None = None,
+            score_bytes: int = SCORE_BYTES):
     """The attention-weighted values, computed a block of queries at a time.
 
     q: [T, K, G, d] rotated queries at positions offset..offset+T-1; k, v: [S, K, d] rotated
     keys and values at 0..S-1; keep: [S] bool -> [T, K, G, d] float32. ``probs``, when given,
-    receives each block's probabilities [K, G, b, S].
+    receives each block's probabilities [K, G, b, S]. A block's scores take at most
+    ``score_bytes`` (at least one query a block).
     """
     xp = array_module(q)
     T, K, G, d = q.shape
     S = k.shape[0]
-    rows = max(1, SCORE_BYTES // (K * G * S * 4))                      # queries per block
+    rows = max(1, score_bytes // (K * G * S * 4))                      # queries per block
     first = int(keep.argmax()) if keep.any() else S                   # the first non-pad key
     v = v.transpose(1, 0, 2)[:, None]                                 # [K, 1, S, d]
     out = xp.empty((T, K, G, d), dtype=xp.float32)
@@ -95,23 +97,22 @@ def context(q, k, v, keep, offset: int, multiplier: float, probs: list | None = 
 
 
 def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: int,
-              key_size: int, multiplier: float, keep, offset: int = 0, cache=None, layer: int = 0,
-              trace: dict | None = None):
+              key_size: int, multiplier: float, keep, offset: int = 0, cache=None, index: int = 0,
+              trace: dict | None = None, score_bytes: int = SCORE_BYTES):
     """Self-attention of x over itself and, with a cache, over everything cached before it.
 
     x: [T, D] (already normed), tokens at positions offset..offset+T-1; keep: [T] bool, which
     of those tokens are not padding; query/key/value/linear: the layer's weights
     ([D, H*d], [D, K*d], [D, K*d], [H*d, D]). With a cache, the new keys/values are written
-    at [offset, offset+T) of cache layer ``layer`` and all of [0, offset+T) is attended.
+    at [offset, offset+T) of layer ``index``'s cache and all of [0, offset+T) is attended.
     Returns [T, D] float32.
 
     ``trace``, when given, receives the intermediates (and nothing else changes): q [T, H, d]
     and k [T, K, d] after RoPE, v [T, K, d] (this call's tokens only), attn_probs [H, T, S]
     (query head h = kv head h // G, group slot h % G) and attn_context [T, H*d] (weights @ v,
-    heads flattened, before the output projection).
+    heads flattened, before the output projection). ``score_bytes``: see context.
     """
     xp = array_module(x)
-    stream.prefetch((query, key, value, linear), x)          # a streamed layer on a GPU only
     T, G = x.shape[0], num_q_heads // num_kv_heads
     positions = offset + xp.arange(T)
     q = apply_rope(quant.linear(x, query).reshape(T, num_q_heads, key_size), positions)   # [T, H, d]
@@ -121,14 +122,14 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
         trace.update(q=q, k=k, v=v)
     if cache is not None:
         end = offset + T
-        layer_cache(cache, layer, xp)
-        cache["k"][layer][offset:end], cache["v"][layer][offset:end] = k, v
-        cache["keep"][layer][offset:end] = keep
-        k, v, keep = cache["k"][layer][:end], cache["v"][layer][:end], cache["keep"][layer][:end]
+        cache_k, cache_v, cache_keep = layer_cache(cache, index, xp)
+        cache_k[offset:end], cache_v[offset:end], cache_keep[offset:end] = k, v, keep
+        k, v, keep = cache_k[:end], cache_v[:end], cache_keep[:end]
     elif offset:
         raise ValueError("attention: a non-zero offset needs the cache holding the earlier keys")
     probs = [] if trace is not None else None
-    out = context(q.reshape(T, num_kv_heads, G, key_size), k, v, keep, offset, multiplier, probs)
+    out = context(q.reshape(T, num_kv_heads, G, key_size), k, v, keep, offset, multiplier, probs,
+                  score_bytes)
     out = out.reshape(T, num_q_heads * key_size)                                    # [T, H*d]
     if trace is not None:
         trace.update(attn_probs=xp.concatenate(probs, axis=2).reshape(num_q_heads, T, -1),

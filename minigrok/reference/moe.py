@@ -11,14 +11,14 @@ token: the official MoE layer drops its padding mask.
 
 import math
 
-from . import quant, stream
+from . import quant
 from .xp import array_module
 
-# Tokens per expert call. An expert's activations are [n, F] float32, F = 32768 on Grok-1,
-# a handful of them alive at once (134 MB each for 1024 tokens): a long prompt's tokens go
-# through an expert this many at a time, so that its memory stops growing with the prompt.
-# (On a GPU it must fit placement.reserve_bytes' working room, 1.9 GB on Grok-1, beside
-# the 0.8 GB the widened weight takes there.)
+# Tokens per expert call (moe's ``expert_rows``). An expert's activations are [n, F] float32,
+# F = 32768 on Grok-1, a handful of them alive at once (134 MB each for 1024 tokens): a long
+# prompt's tokens go through an expert this many at a time, so that its memory stops growing
+# with the prompt. (On a GPU it must fit engine/placement.reserve_bytes' working room, 1.9 GB
+# on Grok-1, beside the 0.8 GB the widened weight takes there.)
 EXPERT_ROWS = 1024
 
 
@@ -52,26 +52,27 @@ def expert(x, linear_w, linear_v, linear_1):
 
 
 def expert_weight(w, e):
-    """Expert e of a stacked [E, in, out] weight (a view: only its pages are ever read)."""
-    return type(w)(w.weight[e], w.scales[e]) if hasattr(w, "scales") else w[e]
+    """Expert e of a stacked [E, in, out] weight: a view, so only its pages are ever read.
+    (A weight the engine supplies makes its own view: ``w[e]``.)"""
+    if isinstance(w, quant.QuantizedWeight8bit):
+        return quant.QuantizedWeight8bit(w.weight[e], w.scales[e])
+    return w[e]
 
 
-def moe(x, router, linear, linear_v, linear_1, *, num_selected: int):
+def moe(x, router, linear, linear_v, linear_1, *, num_selected: int,
+        expert_rows: int = EXPERT_ROWS):
     """x: [T, D] (normed) -> (out [T, D], probs [T, E], expert_ids [T, k], gates [T, k]).
 
     router: [D, E] float32; linear, linear_v: [E, D, F]; linear_1: [E, F, D] (quantised).
+    Each expert takes its tokens ``expert_rows`` at a time.
     """
     xp = array_module(x)
     probs, ids, gates = route(x, router, num_selected)
     out = xp.zeros(x.shape, dtype=xp.float32)
-    chosen = sorted(set(ids.ravel().tolist()))
-    # A layer streamed to a GPU starts copying the chosen experts now. A generator: on the CPU
-    # prefetch returns before it would make a single expert view.
-    stream.prefetch((expert_weight(w, e) for e in chosen for w in (linear, linear_v, linear_1)), x)
-    for e in chosen:
+    for e in sorted(set(ids.ravel().tolist())):                           # the chosen experts
         rows, slot = xp.nonzero(ids == e)                                     # tokens choosing e
-        weights = [stream.here(expert_weight(w, e), x) for w in (linear, linear_v, linear_1)]
-        for r in range(0, len(rows), EXPERT_ROWS):
-            rr, ss = rows[r:r + EXPERT_ROWS], slot[r:r + EXPERT_ROWS]
+        weights = [expert_weight(w, e) for w in (linear, linear_v, linear_1)]
+        for r in range(0, len(rows), expert_rows):
+            rr, ss = rows[r:r + expert_rows], slot[r:r + expert_rows]
             out[rr] += gates[rr, ss][:, None] * expert(x[rr], *weights)
     return out, probs, ids, gates

@@ -12,6 +12,7 @@ anything from the file); the arrays are read-only memory maps, so a 318 GB check
 in seconds and only the pages a computation touches are ever read.
 """
 
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -19,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import safepickle
-from .config import CONFIG_FILE, ROW_BLOCKS, Config, load_config
-from .errors import CheckpointError, MinigrokError
-from .quant import QuantizedWeight8bit
+from ..reference.config import CONFIG_FILE, ROW_BLOCKS, Config, load_config
+from ..errors import CheckpointError, MinigrokError
+from ..reference.quant import QuantizedWeight8bit
 
 CKPT_DIR = "ckpt-0"
 EMBEDDINGS = "language_model/in_out_embed/embeddings"
@@ -172,13 +173,26 @@ def open_checkpoint(path) -> Checkpoint:
     return Checkpoint(root, cfg, params, specs)
 
 
+def tensor_bytes(spec: TensorSpec) -> int:
+    """Bytes of one tensor's arrays: int8 weight and bf16 scales, or float32."""
+    if spec.scales:
+        return math.prod(spec.shape) + 2 * math.prod(spec.scales)
+    return 4 * math.prod(spec.shape)
+
+
+def layer_bytes(cfg: Config) -> int:
+    """Bytes of one decoder layer's weights: int8 and their scales, the router and norms."""
+    return sum(tensor_bytes(spec) for spec in layer_specs(cfg, 0))
+
+
 def active_int8_bytes(cfg: Config) -> int:
     """int8 weight bytes one token reads: attention plus the top-k experts of every layer."""
-    D, F, k = cfg.emb_size, cfg.ffn_size, cfg.num_selected_experts
-    q, kv = cfg.num_q_heads * cfg.key_size, cfg.num_kv_heads * cfg.key_size
-    attention = D * q + 2 * D * kv + q * D
-    experts = k * 3 * D * F
-    return cfg.num_layers * (attention + experts)
+    per_layer = 0
+    for spec in layer_specs(cfg, 0):
+        if spec.scales:                       # the int8 matrices; a token reads k of E experts
+            n = math.prod(spec.shape)
+            per_layer += n * cfg.num_selected_experts // cfg.num_experts if "/moe/" in spec.name else n
+    return cfg.num_layers * per_layer
 
 
 def inspect_rows(ck: Checkpoint):
@@ -189,3 +203,31 @@ def inspect_rows(ck: Checkpoint):
         yield (i, f, spec.name, "int8+bf16" if spec.scales else spec.dtype,
                _fmt(spec.shape), _fmt(spec.scales) if spec.scales else "-",
                (ckpt / f).stat().st_size)
+
+
+# -- the parameter tree the reference model takes ----------------------------------------------
+
+def layer_params(flat: dict, index: int) -> dict:
+    """Layer ``index``'s parameters, nested by their official names under the layer.
+
+    {"multi_head_attention": {"query", "key", "value", "linear"}, "moe": {"linear",
+    "linear_v", "linear_1"}, "router", "rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3"}
+    """
+    prefix = layer_prefix(index)
+    layer = {"multi_head_attention": {}, "moe": {}}
+    for name, value in flat.items():
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):].split("/")[:-1]              # drop the trailing w / scale
+        if len(parts) == 2:
+            layer[parts[0]][parts[1]] = value
+        else:
+            layer[parts[0]] = value
+    return layer
+
+
+def model_params(flat: dict, num_layers: int) -> dict:
+    """Checkpoint dict {official name: tensor} -> {"in_out_embed", "rms_norm", "layers": [...]}."""
+    return {"in_out_embed": flat[EMBEDDINGS], "rms_norm": flat[FINAL_NORM],
+            "layers": [layer_params(flat, i) for i in range(num_layers)]}
+

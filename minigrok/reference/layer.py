@@ -8,7 +8,6 @@ them still produces plausible text. The four norms are named in the order the of
 code creates them, which is the order of their checkpoint files.
 """
 
-from . import fast
 from .attention import attention
 from .moe import moe
 from .rmsnorm import rms_norm
@@ -23,21 +22,16 @@ def decoder_layer(h, layer: dict, cfg, *, keep, offset: int = 0, cache=None, ind
     ``router``, ``rms_norm`` ... ``rms_norm_3``). keep: [T] bool, tokens that are not padding.
     ``trace``, when given, receives every intermediate in computation order (attn_in, the
     attention's own, attn_out, after_attn, moe_in, router_probs, expert_ids, expert_gates,
-    moe_out, layer_out); nothing else changes.
-
-    On a GPU one cached token (decoding) goes through fast.decode_layer instead: the same
-    steps in a few kernels, since these ~150 small operations cost more launches than the
-    weights cost reading. A ``trace`` keeps it on the code below.
+    moe_out, layer_out); nothing else changes. ``index``: the layer's place in the model,
+    which picks its part of the KV cache.
     """
-    if trace is None and fast.decode_fits(h, cache, offset, cfg):
-        return fast.decode_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=index)
     x = rms_norm(h, layer["rms_norm"])
     if trace is not None:
         trace["attn_in"] = x
     a = attention(x, **layer["multi_head_attention"], num_q_heads=cfg.num_q_heads,
                   num_kv_heads=cfg.num_kv_heads, key_size=cfg.key_size,
                   multiplier=cfg.attn_output_multiplier, keep=keep, offset=offset,
-                  cache=cache, layer=index, trace=trace)
+                  cache=cache, index=index, trace=trace)
     h = h + rms_norm(a, layer["rms_norm_1"])
     x = rms_norm(h, layer["rms_norm_2"])
     m, probs, ids, gates = moe(x, layer["router"], **layer["moe"],

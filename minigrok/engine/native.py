@@ -1,0 +1,154 @@
+"""The CPU's compiled int8 product: kernels/int8_matmul.c, built on first use, called by ctypes.
+
+numpy's int8 -> float32 copy is the ceiling of engine/cpu.py's tiles: ~6 GB/s of int8 per core here
+(`widen_gb_s`), a quarter of what the memory delivers. Widening in registers, where the
+product uses it at once, needs compiled code. This is that code, in C
+(kernels/int8_matmul.c), built on first use with the system's C compiler ($CC, else cc) and
+kept in cache_dir()/native; ctypes releases the GIL while it runs, so the work is split
+between the same threads. Where no compiler works, or MINIGROK_NATIVE=0, the numpy tiles of
+engine/cpu.py run instead (``native_kernel()`` says which).
+
+  * the kernel computes one scale block, (x_b @ q_b) * s_b, and native_matmul adds the blocks
+    in order: the same sums, rounded the same way, as the numpy path's;
+  * 16384 columns at a time for one token (16384 / T for T tokens): their sums (64 KB) stay
+    in the second-level cache while four weight rows stream past them; measured on this
+    2-core EPYC with one token, 2048 columns gave 7.5 GB/s on two threads, 8192 gave 12-14;
+    16384 was 5-14% faster again on a 6144 x 32768 matrix alone, equal inside a layer;
+  * the widening is written once in plain C, which compilers vectorise, and once with AVX2
+    intrinsics: one 8-byte load per 8 weights, and the next rows fetched ahead (~30% faster
+    than the plain C on one thread here, ~15% on two); both add each row's product in the
+    same order;
+  * threads take whole scale blocks where there are several (a block's rows lie one after
+    another, so each thread reads one long stretch: 13.4 -> 14.6 GB/s on a 32768 x 6144
+    expert matrix alone, equal inside a layer; 8-token prefill products 10% faster), else
+    columns; either way no sum depends on the number of threads.
+"""
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from ..environment import cache_dir, num_threads
+from .kernels import source
+from .threads import PARALLEL_ELEMENTS, parallel_map, split_range
+
+# Tokens per call of the compiled kernel; more tokens go to numpy's tiles and BLAS. Each 8
+# weights are widened once for all the tokens, but every token adds its multiply-adds, and
+# BLAS's matrix product does those better. Measured here (2 threads, ms, compiled / numpy):
+# 6144 x 32768: 1 token 13-15 / 32-37, 4 tokens 31 / 58-60, 8 tokens 63-89 / 86-113,
+# 12 tokens 103-133 / 156-180; 32768 x 6144 (8 scale blocks): 8 tokens 58-79 / 61-102,
+# 12 tokens 100-104 / 81-93. Again with the kernel's 16384-sum tiles and numpy's column
+# tiles (2026-11-27, alternating runs, both shapes): 6 tokens 41-46 / 83-98; 8 tokens
+# 87-94 / 85-93 while the rows of sums lay 8 KB apart (see int8_matmul in the C), 73-80 /
+# 87-103 since.
+NATIVE_TOKENS = 8
+_native = {}            # portable (bool) -> the ctypes function, or None: built, or not
+_native_lock = threading.Lock()
+
+
+def _cpu_id() -> str:
+    """What -march=native compiles for: the CPU's model and flags, where Linux says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    except OSError:
+        import platform
+        return platform.machine() + platform.processor()
+
+
+def build_kernel(portable: bool = False):
+    """Compile kernels/int8_matmul.c into the cache (once per source, compiler and CPU) and
+    load it: the ctypes function, or None where nothing compiles. ``native_kernel`` keeps
+    what this returns for the rest of the process."""
+    code = source("int8_matmul.c")
+    cc = os.environ.get("CC") or "cc"
+    attempts = [["-O3", "-march=native"], ["-O3"]]
+    if portable:
+        attempts = [flags + ["-DMINIGROK_PORTABLE"] for flags in attempts]
+    folder = cache_dir() / "native"
+    for flags in attempts:
+        key = hashlib.sha256("\0".join([code, cc, *flags, _cpu_id()]).encode())
+        path = folder / f"int8_matmul-{key.hexdigest()[:16]}.so"
+        if not path.exists():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                # Built under a temporary name, renamed when whole: a concurrent process sees
+                # either no library or a complete one.
+                with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                    out = os.path.join(tmp, path.name)
+                    subprocess.run([cc, *flags, "-shared", "-fPIC", "-x", "c", "-", "-o", out],
+                                   input=code.encode(), capture_output=True,
+                                   timeout=120, check=True)
+                    os.replace(out, path)
+            except (OSError, subprocess.SubprocessError):
+                continue
+        try:
+            fn = ctypes.CDLL(str(path)).int8_matmul
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3
+                       + [ctypes.c_int64] * 5)
+        fn.restype = None
+        return fn
+    return None
+
+
+def native_kernel(portable: bool = False):
+    """The compiled int8 product (a ctypes function), or None: MINIGROK_NATIVE=0, or no compiler.
+
+    ``portable`` builds the plain-C loop even where AVX2 is there (the tests check both).
+    """
+    if os.environ.get("MINIGROK_NATIVE", "1") == "0":
+        return None
+    with _native_lock:
+        if portable not in _native:
+            _native[portable] = build_kernel(portable)
+    return _native[portable]
+
+
+def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
+    """x [T, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [T, out],
+    by the compiled kernel (``native_kernel()`` unless given), NATIVE_TOKENS tokens at a time,
+    the scale blocks (or, for one block, the columns) split between threads. The weight must
+    be C-contiguous (a checkpoint's are): it is read where it lies."""
+    kernel = kernel or native_kernel()
+    if kernel is None:
+        raise RuntimeError("native_matmul: no compiled kernel (MINIGROK_NATIVE=0, or no C "
+                           "compiler): use int8_matmul, which falls back to numpy")
+    n_in, n_out = weight.shape
+    if not weight.flags.c_contiguous or weight.dtype != np.int8:
+        raise ValueError(f"native_matmul: weight must be C-contiguous int8, got {weight.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    scales = np.ascontiguousarray(scales, dtype=np.float32)
+    T, blocks = x.shape[0], scales.shape[0]
+    rows = n_in // blocks                                        # rows per scale block
+    out = np.empty((blocks, T, n_out), dtype=np.float32)         # each block's (x_b @ q_b) * s_b
+    if threads is None:
+        threads = num_threads() if n_in * n_out >= PARALLEL_ELEMENTS else 1
+    # Column pieces per block, 64 columns (a cache line of int8) apart so that two threads never
+    # share a line of a row, and at least ~1024 wide: shorter rows stream badly (Grok-1's
+    # 6144 x 1024 key ran at 6-7 GB/s on one thread here and 4.4 split over two).
+    pieces = max(1, min(-(-threads // blocks), n_out // 1024))
+    jobs = [(b, c0, c1) for b in range(blocks) for c0, c1 in split_range(n_out, pieces, 64)]
+    groups = [jobs[j0:j1] for j0, j1 in split_range(len(jobs), threads, 1)]  # in order: one stretch each
+    for t0 in range(0, T, NATIVE_TOKENS):
+        tokens = min(NATIVE_TOKENS, T - t0)
+
+        def run(*group):
+            for b, c0, c1 in group:
+                kernel(x[t0:].ctypes.data + 4 * b * rows, n_in,
+                       weight.ctypes.data + b * rows * n_out, scales[b].ctypes.data,
+                       out[b, t0:].ctypes.data, tokens, rows, n_out, c0, c1)
+        if len(groups) == 1:
+            run(*groups[0])
+        else:
+            parallel_map(run, groups)
+    y = out[0]
+    for b in range(1, blocks):                                   # the blocks in order
+        y += out[b]
+    return y

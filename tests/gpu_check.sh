@@ -43,7 +43,7 @@ if [ "${FULL:-1}" = 1 ]; then
         --out "$work/grok2" --force
     bench grok2-gpu --checkpoint "$work/grok2" --device cuda --prompt-len 16 --new-tokens 32
     # a long prompt: attention in query blocks, experts 1024 tokens at a time, within the
-    # working room placement.reserve_bytes keeps
+    # working room engine/placement.reserve_bytes keeps
     bench grok2-gpu-long --checkpoint "$work/grok2" --device cuda --prompt-len 4096 --new-tokens 4
     bench grok2-gpu-streamed --checkpoint "$work/grok2" --device cuda --gpu-memory 8 \
         --prompt-len 16 --new-tokens 16

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minigrok
-from minigrok.engine import fast
+from minigrok.engine import native
 from minigrok.formats.make_checkpoint import RECIPE
 
 from testutil import run_cli, tokenizer_path
@@ -79,7 +79,7 @@ def test_bench_json_holds_the_promised_figures(small_dir, env):
     assert min(b["load_s"], b["prefill_tok_s"], b["decode_tok_s"], b["gemv_gb_s"],
                b["widen_gb_s"]) > 0
     assert 0 < b["peak_anon_mb"] <= b["peak_rss_mb"]
-    assert b["cpu_kernel"] == ("native" if fast.native_kernel() else "numpy")
+    assert b["cpu_kernel"] == ("native" if native.native_kernel() else "numpy")
     assert b["kernel_efficiency"] == pytest.approx(b["int8_gemv_gb_s"] / b["gemv_gb_s"], rel=3e-3)
     # The efficiency is the floor (one layer's int8 bytes at the GEMV bandwidth) over the
     # measured layer time, as the README defines it.

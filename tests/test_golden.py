@@ -23,8 +23,7 @@ from minigrok.reference import attention as attention_module
 from minigrok import golden
 from minigrok.reference import quant
 from minigrok.reference import moe as moe_module
-from minigrok.formats.checkpoint import CKPT_DIR, EMBEDDINGS, FINAL_NORM, open_checkpoint
-from minigrok.reference.model import model_params
+from minigrok.formats.checkpoint import CKPT_DIR, EMBEDDINGS, FINAL_NORM, model_params, open_checkpoint
 
 from testutil import REPO, run_cli
 

@@ -1,9 +1,9 @@
 """tests/test_cupy.py against a simulated CuPy with two GPUs (tests/simcupy), where none is here.
 
 The simulation checks minigrok's GPU glue: the memory plan applied, layers streamed from the
-host through stream.py, activations moved between two GPUs, the KV cache made on each
-layer's GPU, the kernel launched with a consistent grid; any array on the wrong device
-raises there as it would on a GPU. It proves nothing about CuPy, CUDA or speed: the real
+host by engine/stream.py's Streamer, activations moved between two GPUs, the KV cache made
+on each layer's GPU, the kernel launched with a consistent grid; any array on the wrong
+device raises there as it would on a GPU. It proves nothing about CuPy, CUDA or speed: the real
 run is `bash tests/gpu_check.sh` on a GPU machine.
 """
 

@@ -201,6 +201,27 @@ def test_student_file_that_does_not_import(capsys, tmp_path):
     assert any("does not import: SyntaxError" in line for line in out)
 
 
+def test_exercises_without_hypothesis_is_one_line_and_exit_2():
+    # hypothesis is a test/lessons dependency: without it the checker says so, in one line.
+    code = ("import sys; sys.modules['hypothesis'] = None\n"
+            "from minigrok.cli import main\nsys.exit(main(['exercises', 'list']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and not r.stdout
+    assert r.stderr == ("minigrok: error: the exercise checker needs hypothesis: "
+                        "pip install hypothesis\n")
+
+
+def test_exercise_grader_imports_only_errors_and_reference():
+    code = ("import sys, minigrok.exercises\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('minigrok.')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, check=True)
+    outside = [m for m in r.stdout.split() if not m.startswith(
+        ("minigrok.errors", "minigrok.reference", "minigrok.exercises"))]
+    assert not outside, outside
+
+
 def test_python_dash_m_exit_code_for_a_failed_check():
     r = subprocess.run([sys.executable, "-m", "minigrok", "exercises", "check", "nucleus"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)

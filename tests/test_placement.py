@@ -6,7 +6,9 @@ from hypothesis import strategies as st
 
 from minigrok.reference.config import preset
 from minigrok.errors import MinigrokError
-from minigrok.engine.placement import (Place, layer_bytes, parse_devices, plan, reserve_bytes)
+from minigrok.engine.devices import parse_devices
+from minigrok.engine.placement import Place, plan, reserve_bytes
+from minigrok.formats.checkpoint import layer_bytes
 
 GiB = 2**30
 GROK1 = preset("grok-1")

@@ -8,7 +8,7 @@ plain multi-head attention over the student's expanded keys (lesson 07).
 import numpy as np
 
 from ..reference import attention
-from .grading import (Exercise, Failed, Mistake, Property, floats, fmt_array, call)
+from .grading import Exercise, Failed, Mistake, Property, floats, fmt_array, call
 
 
 # ------------------------------------------------------------------ 3. soft-capped attention

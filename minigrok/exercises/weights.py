@@ -7,7 +7,7 @@ such a weight without ever widening all of it to float32, checked with tracemall
 import numpy as np
 
 from ..reference import quant
-from .grading import (Exercise, Failed, Mistake, Property, floats, arguments, call, close)
+from .grading import Exercise, Failed, Mistake, Property, floats, arguments, call, close
 
 
 # ------------------------------------------------------------------ 7. block-scale dequantisation

@@ -44,38 +44,39 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 # code computes in bfloat16, so a token whose 2nd and 3rd experts nearly tie can switch
 # expert there and not here. With full-size post-norms one such switch moved the logits of
 # every later position by 10-40% on random weights; with these values the official and
-# minigrok logits of the tiny preset agree to ~0.5% (measured, see README).
-_POST_NORM = 0.1
+# minigrok logits of the tiny preset agree to ~0.5% (measured, see README). make_checkpoint's
+# ``post_norm`` sets another centre (the oracle's "lively" checkpoint uses 1.0).
+POST_NORM = 0.1
 # Bump whenever the random recipe above changes the bytes a seed produces: cached checkpoints
 # (the built-in default) are keyed by it, so an old cache is never mistaken for the new one.
 RECIPE = 2
 
 
-def _std(name: str, shape) -> float:
+def _std(name: str, shape, post_norm: float) -> float:
     if name.endswith("/embeddings"):
         return 1 / math.sqrt(shape[1])       # x embedding_multiplier_scale = sqrt(D) -> unit rms
     if name.endswith("router/w"):
         return 4 / math.sqrt(shape[0])       # router logits ~ N(0, 4^2): decisive choices
     if name.endswith("/scale"):
-        return 0.02 * _mean(name)            # norm scales: their centre +- 2%
+        return 0.02 * _mean(name, post_norm)  # norm scales: their centre +- 2%
     return 1 / math.sqrt(shape[-2])          # fan-in init for every linear map
 
 
-def _mean(name: str) -> float:
+def _mean(name: str, post_norm: float) -> float:
     if name.endswith(("rms_norm_1/scale", "rms_norm_3/scale")):
-        return _POST_NORM
+        return post_norm
     return 1.0 if name.endswith("/scale") else 0.0
 
 
-def _float_writer(spec, seed):
+def _float_writer(spec, seed, post_norm: float):
     """Payload writer for a float32 tensor, generated ``_ROWS`` rows at a time."""
     def write(f):
-        rng, std = _rng(seed, spec.name), _std(spec.name, spec.shape)
+        rng, std = _rng(seed, spec.name), _std(spec.name, spec.shape, post_norm)
         rows = spec.shape[0]
         for r0 in range(0, rows, _ROWS):
             shape = (min(_ROWS, rows - r0),) + spec.shape[1:]
             x = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
-            x += np.float32(_mean(spec.name))
+            x += np.float32(_mean(spec.name, post_norm))
             f.write(x.tobytes())
     return write
 
@@ -87,7 +88,7 @@ def _quantized_writers(spec, seed):
     scales = np.zeros((E, blocks, n_out), dtype=np.uint16)
 
     def write_weight(f):
-        rng, std = _rng(seed, spec.name), np.float32(_std(spec.name, spec.shape))
+        rng, std = _rng(seed, spec.name), np.float32(_std(spec.name, spec.shape, POST_NORM))
         for e in range(E):
             q = np.empty((n_in, n_out), dtype=np.int8)
             for c0 in range(0, n_out, _COLUMNS):
@@ -102,10 +103,11 @@ def _quantized_writers(spec, seed):
     return write_weight, write_scales
 
 
-def write_tensor(path: Path, spec, seed: int):
+def write_tensor(path: Path, spec, seed: int, post_norm: float = POST_NORM):
     """Write one tensor file (``spec`` from checkpoint.tensor_specs)."""
     if spec.scales is None:
-        value = pickle_writer.array_value(spec.shape, np.float32, _float_writer(spec, seed))
+        value = pickle_writer.array_value(spec.shape, np.float32,
+                                          _float_writer(spec, seed, post_norm))
     else:
         write_weight, write_scales = _quantized_writers(spec, seed)
         value = pickle_writer.quantized_value(
@@ -115,12 +117,14 @@ def write_tensor(path: Path, spec, seed: int):
         pickle_writer.dump(value, f)
 
 
-def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progress=None) -> Path:
+def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progress=None,
+                    post_norm: float = POST_NORM) -> Path:
     """Write a random checkpoint for ``cfg`` into ``out`` (``out/ckpt-0/``, ``out/config.json``).
 
     Writes into a temporary sibling folder and renames it at the end, so ``out`` is either
     the old checkpoint or the complete new one, never half of each. An existing ``out``
-    that is not empty is refused unless ``force``.
+    that is not empty is refused unless ``force``. ``post_norm``: the centre of the post-norm
+    scales (see POST_NORM).
     """
     out = Path(out).expanduser()
     cfg.validate()
@@ -137,7 +141,8 @@ def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progre
         # GIL). Up to 8 at a time (one per core): each holds under 1 GB at full width.
         pool = ThreadPoolExecutor(min(num_threads(), 8), thread_name_prefix="minigrok-write")
         try:
-            jobs = [pool.submit(write_tensor, tmp / CKPT_DIR / tensor_file(i), spec, seed)
+            jobs = [pool.submit(write_tensor, tmp / CKPT_DIR / tensor_file(i), spec, seed,
+                                post_norm)
                     for i, spec in enumerate(specs)]
             for i, job in enumerate(jobs):
                 job.result()

@@ -50,14 +50,10 @@ def lively_dir(tmp_path_factory):
     """tiny's structure (12 layers, 16 q / 8 kv heads, full vocabulary) with full-size post
     norms: the layers, not the input embedding, decide the next token, so greedy text
     changes from token to token. (The default 0.1 post norms keep bfloat16 routing flips
-    rare, at the price of greedy text that mostly repeats; see make_checkpoint._POST_NORM.)"""
+    rare, at the price of greedy text that mostly repeats; see make_checkpoint.POST_NORM.)"""
     cfg = dataclasses.replace(preset("tiny"), sequence_len=128)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(mc, "_POST_NORM", 1.0)
-    try:
-        return mc.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "lively", cfg, seed=5)
-    finally:
-        mp.undo()
+    return mc.make_checkpoint(tmp_path_factory.mktemp("ckpt") / "lively", cfg, seed=5,
+                              post_norm=1.0)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ the official code performs; see README.md for the table and the measured worst c
 
 import contextlib
 import dataclasses
+import functools
 import math
 import subprocess
 import sys
@@ -595,12 +596,12 @@ def check_model_logits(oracle, checkpoint, tokens, dtype, via="api"):
     record(f"logits/{via}/{dtype}", err.max(), MODEL_TOL[dtype], excluded=len(flips),
            what="routing flips found")
     if via == "api":
-        # Again with the queries in blocks of 5 (attention.SCORE_BYTES), so that blocks that
+        # Again with the queries in blocks of 5 (attention's score_bytes), so that blocks that
         # read only the keys up to their last query, and a block of leading pads that reads
         # them all, are held to the official code too.
-        from minigrok.reference import attention as mg_attention
-        with mock.patch.object(mg_attention, "SCORE_BYTES",
-                               5 * m.config.num_q_heads * len(tokens) * 4):
+        blocked = functools.partial(attention, score_bytes=5 * m.config.num_q_heads
+                                    * len(tokens) * 4)
+        with mock.patch.object(mg_layer, "attention", blocked):
             err, flips = explain(official, logits_of, dtype)
         record(f"logits/api-blocks/{dtype}", err.max(), MODEL_TOL[dtype], excluded=len(flips),
                what="routing flips found")
@@ -632,9 +633,10 @@ def check_decode(oracle, checkpoint, prompt, tokens, dtype, memory_len):
     from minigrok.reference.model import forward
     cache = new_cache(m.config.num_layers, len(prompt) + len(tokens), m.config.num_kv_heads,
                       m.config.key_size)
-    ours = [forward(m.params, m.config, prompt, cache, last_only=True)[0]]
+    ours = [forward(m.params, m.config, prompt, cache, last_only=True, layer_fn=m.layer_fn)[0]]
     for t in tokens:
-        ours.append(forward(m.params, m.config, np.asarray([t]), cache, last_only=True)[0])
+        ours.append(forward(m.params, m.config, np.asarray([t]), cache, last_only=True,
+                            layer_fn=m.layer_fn)[0])
     ours = np.stack(ours)
     # Row i is position len(prompt) - 1 + i of the whole sequence. Disagreements are
     # explained by routing flips in the full forward (which equals the cached path: a

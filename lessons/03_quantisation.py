@@ -18,11 +18,12 @@
 # its precision.
 #
 # Because a scale multiplies a whole column of its block,
-# $x_b (q_b \, s_b) = (x_b \, q_b) \, s_b$: `quant.matmul` multiplies by the int8 rows
-# (widened a few MB at a time) and scales the small $[T, \text{out}]$ result instead.
+# $x_b (q_b \, s_b) = (x_b \, q_b) \, s_b$: a fast product can multiply by the int8 rows
+# (widened a few MB at a time) and scale the small $[T, \text{out}]$ result instead.
 #
 # **The code.** `minigrok/reference/quant.py`: `quantize`, `dequantize`, `bf16_to_f32`,
-# `f32_to_bf16`, `matmul`, `linear`.
+# `f32_to_bf16`, and `linear`, the model's product, which is `x @ dequantize(w)`. The
+# engine's tiled product is `int8_matmul` in `minigrok/engine/cpu.py` (lesson 15).
 
 # %%
 import _common as C
@@ -102,15 +103,21 @@ print("scales of column 0, one per row block:", quant.bf16_to_f32(np.asarray(qw.
 
 # %% [markdown]
 # ## Multiplying without the float32 matrix
-# `quant.matmul` and `x @ dequantize(W)` agree; with chunk_rows set it never holds more than
-# a chunk of widened rows.
+# The reference, `quant.linear(x, W)`, is `x @ dequantize(W)`: the definition, and what the
+# lessons run. The engine (`minigrok/engine/`, not part of the reference) computes the same
+# sums in tiles: `cpu.int8_matmul` widens `chunk_rows` int8 rows at a time and scales each
+# block's partial sum once, so it never holds more than a chunk of widened rows. The tests
+# hold it equal to `x @ dequantize(W)` (tests/test_fast.py, test_engine.py).
 
 # %%
+from minigrok.engine import cpu
+
 x = rng.standard_normal((3, qw.weight.shape[0])).astype(np.float32)
-full = x @ quant.dequantize(qw)
-chunked = quant.matmul(x, qw, chunk_rows=7)
+full = quant.linear(x, qw)
+chunked = cpu.int8_matmul(x, np.asarray(qw.weight), quant.bf16_to_f32(np.asarray(qw.scales)),
+                          chunk_rows=7)
 C.peek("x @ dequantize(W)", full)
-C.peek("quant.matmul(x, W)", chunked)
+C.peek("engine: cpu.int8_matmul", chunked)
 print("max |difference|:", float(np.abs(full - chunked).max()))
 
 # %% [markdown]
@@ -139,4 +146,4 @@ print(f"{C.fmt_count(total)} parameters; as bfloat16 they would take {C.fmt_byte
       f"as float32 {C.fmt_bytes(4 * total)}")
 print(f"dequantising one expert matrix (6144 x 32768) to float32 would take "
       f"{C.fmt_bytes(6144 * 32768 * 4)} of memory, and 2 x 3 of them are used per layer and token: "
-      f"quant.matmul widens a few MB of rows at a time instead")
+      f"the engine's cpu.int8_matmul widens a few MB of rows at a time instead")

@@ -95,7 +95,7 @@ out = quant.linear(context, w["linear"])
 ref = attention(x, **w, num_q_heads=H, num_kv_heads=K, key_size=d,
                 multiplier=cfg.attn_output_multiplier, keep=keep)
 C.peek("by hand [T, D]", out)
-C.peek("minigrok.attention.attention", ref)
+C.peek("reference attention()", ref)
 print("max |difference|:", float(np.abs(out - ref).max()))
 
 # %% [markdown]
@@ -132,8 +132,8 @@ C.save_figure(fig, "attention_pattern")
 # - Remove the soft cap (`raw` instead of the capped scores) and compare the probabilities:
 #   how large must a score be before the cap changes a row visibly?
 # - Make every token a pad (`tokens[:] = 0`): what does each row become, and why no NaN?
-# - Set `minigrok.attention.SCORE_BYTES = 1` (one query per block) and run `attention` again:
-#   the output moves by float32 rounding only. Then, in `context`, let every block stop at
+# - Run `attention` again with `score_bytes=1` (one query per block; the default is
+#   `SCORE_BYTES`): the output moves by float32 rounding only. Then, in `context`, let every block stop at
 #   its last query (`end = offset + t + rows`) with a pad as the first token: which rows change?
 # - Exercises: `python -m minigrok exercises check softcap_attention` and
 #   `python -m minigrok exercises check gqa`.
@@ -153,7 +153,7 @@ print(f"without GQA ({Hr} kv heads) the cache would be {Hr // Kr}x larger: {C.fm
 print(f"scores of a whole {S}-token prompt in one piece: H x S x S x 4 bytes = "
       f"{C.fmt_bytes(Hr * S * S * 4)} per layer, several times over in the softmax; "
       f"minigrok's `context` takes {SCORE_BYTES // (Hr * S * 4)} queries at a time "
-      f"(SCORE_BYTES = {C.fmt_bytes(SCORE_BYTES)}), and each block reads only the keys up to its "
+      f"(its default score_bytes, SCORE_BYTES: {C.fmt_bytes(SCORE_BYTES)}), and each block reads only the keys up to its "
       f"last query: half the work")
 print(f"scores and weighted sum for one new token at context {S}: 4 H d S = "
       f"{C.fmt_count(4 * Hr * dr * S)} FLOPs per layer, {C.fmt_count(4 * Hr * dr * S * L)} in all")

@@ -103,11 +103,11 @@ print("scales of column 0, one per row block:", quant.bf16_to_f32(np.asarray(qw.
 
 # %% [markdown]
 # ## Multiplying without the float32 matrix
-# The reference, `quant.linear(x, W)`, is `x @ dequantize(W)`: the definition, and what the
-# lessons run. The engine (`minigrok/engine/`, not part of the reference) computes the same
+# The reference, `quant.linear(x, W)`, is `x @ dequantize(W)`: the definition that the rest
+# of the model is written against. The engine (`minigrok/engine/`, not part of the reference) computes the same
 # sums in tiles: `cpu.int8_matmul` widens `chunk_rows` int8 rows at a time and scales each
 # block's partial sum once, so it never holds more than a chunk of widened rows. The tests
-# hold it equal to `x @ dequantize(W)` (tests/test_fast.py, test_engine.py).
+# hold it equal to `x @ dequantize(W)` (tests/test_engine.py).
 
 # %%
 from minigrok.engine import cpu

@@ -16,15 +16,19 @@
 # `rms_norm`, `rms_norm_1`, `rms_norm_2`, `rms_norm_3` (named in the order the official code
 # creates them, which is also the order of their files).
 #
-# **The code.** `minigrok/reference/layer.py`: `decoder_layer`; `minigrok/reference/model.py`: `layer_params`
-# (the nested dict of one layer's parameters, built from the flat checkpoint by name).
+# **The code.** `minigrok/reference/layer.py`: `decoder_layer`, the reference layer and nothing
+# else (a GPU decoding one token runs the engine's fused `decode_layer` instead,
+# `minigrok/engine/decode.py`, held to this one by the tests); `minigrok/formats/checkpoint.py`:
+# `layer_params` (the nested dict of one layer's parameters, built from the flat checkpoint by
+# name).
 
 # %%
 import _common as C
 import numpy as np
 from minigrok.reference.attention import attention
 from minigrok.reference.layer import decoder_layer
-from minigrok.reference.model import embed, layer_params
+from minigrok.formats.checkpoint import layer_params
+from minigrok.reference.model import embed
 from minigrok.reference.moe import moe
 from minigrok.reference.rmsnorm import rms_norm
 

@@ -15,8 +15,11 @@
 # probabilities. Everything here runs in float32; the official code runs activations in
 # bfloat16 and agrees with this to about 0.5% of the largest logit (lesson 13).
 #
-# **The code.** `minigrok/reference/model.py`: `model_params`, `embed`, `forward`, `unembed`;
-# `minigrok/api.py`: `Model.logits` (the same forward, from a list of ids).
+# **The code.** `minigrok/reference/model.py`: `embed`, `forward`, `unembed`;
+# `minigrok/formats/checkpoint.py`: `model_params` (the nested parameter tree);
+# `minigrok/api.py`: `Model.logits` (the same forward, from a list of ids). `forward` runs
+# each layer through `layer_fn`: the reference's `decoder_layer` by default, the engine's
+# own where it passes one (`Model.layer_fn`, e.g. the GPU's fused decode layer).
 
 # %%
 import _common as C

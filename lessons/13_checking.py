@@ -249,7 +249,7 @@ else:
 
 # %% [markdown]
 # ## Try this
-# - Plant your own mutant: `1 + scale` in RMSNorm (patch `minigrok.layer.rms_norm`), or the
+# - Plant your own mutant: `1 + scale` in RMSNorm (patch `minigrok.reference.layer.rms_norm`), or the
 #   multiplier applied after the cap. Which are visible?
 # - Make the soft cap matter more: scale layer 0's query weights up (a copy of `params`)
 #   until scores reach 50, then rerun the "no soft cap" mutant.

@@ -19,8 +19,9 @@
 # KV cache; the weights live in the operating system's page cache, which keeps whatever fits.
 #
 # **The code.** `minigrok/formats/checkpoint.py`: `active_int8_bytes`, `tensor_specs`,
-# `open_checkpoint`; `minigrok/reference/quant.py`: `matmul` (the kernel that reads the int8 bytes);
-# `minigrok bench` measures a checkpoint end to end.
+# `open_checkpoint`; `minigrok/engine/weights.py`: `Int8Weight(weight, scales).matmul(x)` (the
+# engine's product that reads the int8 bytes, lesson 15); `minigrok bench` measures a
+# checkpoint end to end.
 #
 # Numbers below are labelled **measured** (on this machine, now) or **estimate** (sizes
 # divided by an assumed or measured speed).
@@ -33,6 +34,7 @@ import _common as C
 import numpy as np
 from minigrok.reference import quant
 from minigrok.api import default_checkpoint
+from minigrok.engine.weights import Int8Weight
 from minigrok.formats.checkpoint import CKPT_DIR, active_int8_bytes, find_root, open_checkpoint, tensor_specs
 
 args = C.setup(14, "running the real 314B checkpoint")
@@ -82,8 +84,9 @@ C.save_figure(fig, "bytes_per_token")
 # %% [markdown]
 # ## This machine's bandwidth
 # Two measurements: reading a 256 MB float32 array (the best case: plain memory
-# bandwidth), and `quant.matmul` of one token against a 64 MB int8 matrix (minigrok's own
-# decode kernel: int8 widened to float32 in cache, then a matrix-vector product).
+# bandwidth), and the engine's `Int8Weight(weight, scales).matmul(x)` of one token against a
+# 64 MB int8 matrix (minigrok's own decode kernel: int8 widened to float32 in cache, then a
+# matrix-vector product; the reference's `x @ dequantize(W)` would widen all of it first).
 
 # %%
 big = np.ones(1 << 26, dtype=np.float32)                         # 256 MB, pages touched
@@ -97,17 +100,17 @@ del big
 C.measured("numpy read bandwidth (256 MB float32 sum)", f"{ram_bw / 1e9:.1f} GB/s")
 
 rng = np.random.default_rng(14)
-w = quant.QuantizedWeight8bit(rng.integers(-127, 128, (4096, 16384), dtype=np.int8),
-                              quant.f32_to_bf16(np.full((8, 16384), 1e-3, np.float32)))
+w = Int8Weight(rng.integers(-127, 128, (4096, 16384), dtype=np.int8),
+               quant.f32_to_bf16(np.full((8, 16384), 1e-3, np.float32)))
 x = rng.standard_normal((1, 4096)).astype(np.float32)
-quant.matmul(x, w)                                               # warm up
+w.matmul(x)                                                      # warm up
 best = float("inf")
 for _ in range(3):
     t0 = time.perf_counter()
-    quant.matmul(x, w)
+    w.matmul(x)
     best = min(best, time.perf_counter() - t0)
 kernel_bw = w.weight.nbytes / best
-C.measured("quant.matmul, 1 token x 64 MB int8", f"{kernel_bw / 1e9:.1f} GB/s of int8 weights")
+C.measured("Int8Weight.matmul, 1 token x 64 MB int8", f"{kernel_bw / 1e9:.1f} GB/s of int8 weights")
 
 # %% [markdown]
 # ## On the real model: from bytes to seconds
@@ -147,7 +150,8 @@ if read < 2e9 or "--measure" in sys.argv:
     model = C.load(args)
     prompt = C.tokens_for(cfg)[:8].tolist()
     times = [time.perf_counter()]
-    for _ in generate_tokens(model.params, cfg, prompt, max_new_tokens=4 if read < 2e9 else 2):
+    for _ in generate_tokens(model.params, cfg, prompt, max_new_tokens=4 if read < 2e9 else 2,
+                             layer_fn=model.layer_fn):
         times.append(time.perf_counter())
     steps = np.diff(times)[1:]                                   # decode steps, prefill left out
     C.measured("decode", f"{1 / steps.mean():.1f} tokens/s ({steps.mean() * 1e3:.0f} ms/token), "

@@ -12,37 +12,43 @@
 # first writes a float32 copy of W (4 bytes per weight) and then reads it back: five memory
 # trips per byte instead of one. The fast paths never hold that copy:
 #
-# * **CPU, numpy** (`fast.int8_matmul`): widen a cache-sized tile of the weight to float32,
+# * **CPU, numpy** (`cpu.int8_matmul`): widen a cache-sized tile of the weight to float32,
 #   multiply it where it lies (BLAS), next tile; the threads share the columns (numpy
 #   releases the GIL in both steps). The scales wait until a whole row block is summed:
 #   $x_b (q_b s_b) = (x_b q_b) s_b$. For a few tokens a tile spans a thread's whole share of
 #   the columns, read in long runs; for many (a prompt) it is 256 rows deep, so that BLAS
 #   has work enough per weight to run at its peak (see "Many tokens" below).
-# * **CPU, compiled** (`fast.native_matmul`): the same sums in ~100 lines of C
-#   (`fast._NATIVE_SOURCE`, built on first use with the system's C compiler), which widens
+# * **CPU, compiled** (`native.native_matmul`): the same sums in ~100 lines of C
+#   (`kernels/int8_matmul.c`, built on first use with the system's C compiler), which widens
 #   8 int8 at a time in registers right where it multiplies them, one scale block per
 #   call; the blocks (or, for one block, the columns) are split between threads. One to
 #   eight tokens take it where a compiler exists.
-# * **GPU** (`fast.int8_gemv`): one thread owns 16 output columns, reads their 16 int8 of a
+# * **GPU** (`gemv.int8_gemv`): one thread owns 16 output columns, reads their 16 int8 of a
 #   row as a single 16-byte load, and multiplies as it reads; 8 row lanes per block add up
 #   in shared memory; each block's row range stays inside one scale block; the last block
 #   of each column tile adds the partial rows.
 #
-# **The code.** `minigrok/fast.py` (both fast paths and the thread set-up),
-# `minigrok/reference/quant.py`: `matmul` (which path a product takes), `minigrok/engine/placement.py` (the
-# GPU memory plan), `minigrok/engine/stream.py` (copying streamed layers to the GPU),
+# **The code.** All of it is the engine, `minigrok/engine/`, outside the reference the other
+# lessons read; the tests hold every fast path to the reference's `x @ dequantize(W)`.
+# `cpu.py` (the numpy path), `native.py` (the compiled one), `threads.py` (the shared pool
+# `parallel_map`, `split_range` cutting columns between threads, `blas_threads`), `gemv.py`
+# and `decode.py` (the GPU's products and decode layer), `kernels/` (the C and CUDA sources
+# `int8_matmul.c`, `gemv.cu`, `decode.cu`; `kernels.source(name)` reads one), `weights.py`:
+# `product` (which path a product takes, behind `Int8Weight(weight, scales).matmul(x)`),
+# `placement.py` (the GPU memory plan), `stream.py` (copying streamed layers to the GPU);
 # `tests/gpu_profile.py` (where a GPU decode step's time goes).
 
 # %%
-import contextlib
 import time
 
 import _common as C
 import numpy as np
-from minigrok.engine import fast
+from minigrok.engine import cpu, decode, gemv, native
+from minigrok.engine.placement import plan, reserve_bytes
+from minigrok.environment import num_threads
+from minigrok.formats.checkpoint import layer_bytes
 from minigrok.reference import quant
 from minigrok.reference.attention import context
-from minigrok.engine.placement import layer_bytes, plan, reserve_bytes
 
 args = C.setup(15, "fast paths, on a CPU and on a GPU")
 G = C.GROK1
@@ -79,25 +85,26 @@ dense = np.ones((n_in, 4 * n_out), dtype=np.float32)               # 128 MB of f
 v = np.ones(n_in, dtype=np.float32)
 rates = {"float32 GEMV\n(yardstick)": dense.nbytes / best_time(lambda: v @ dense)}
 del dense
-buf = np.empty((fast.CHUNK_ELEMENTS // n_out, n_out), dtype=np.float32)
+buf = np.empty((cpu.CHUNK_ELEMENTS // n_out, n_out), dtype=np.float32)
 rates["widen int8\n(1 thread)"] = nbytes / best_time(
     lambda: [np.copyto(buf, qw.weight[r:r + len(buf)], casting="unsafe")
              for r in range(0, n_in, len(buf))])
 rates["x @ dequantize(W)\n(teaching)"] = nbytes / best_time(lambda: x @ quant.dequantize(qw))
-threads = fast.num_threads()
-chunk = fast.CHUNK_ELEMENTS // n_out                   # a chunk size selects the numpy path
+threads = num_threads()
+chunk = cpu.CHUNK_ELEMENTS // n_out                    # a chunk size selects the numpy path
 NUMPY = f"numpy path\n{threads} threads"
 rates["numpy path\n1 thread"] = nbytes / best_time(
-    lambda: quant.matmul(x, qw, chunk_rows=chunk, threads=1))
-rates[NUMPY] = nbytes / best_time(lambda: quant.matmul(x, qw, chunk_rows=chunk, threads=threads))
-kernel = fast.native_kernel()
+    lambda: cpu.int8_matmul(x, qw.weight, scales, chunk_rows=chunk, threads=1))
+rates[NUMPY] = nbytes / best_time(
+    lambda: cpu.int8_matmul(x, qw.weight, scales, chunk_rows=chunk, threads=threads))
+kernel = native.native_kernel()
 colors = ["tab:gray", "tab:gray", "tab:red", "tab:blue", "tab:blue"]
 if kernel is None:
     print("(no C compiler here, or MINIGROK_NATIVE=0: only the numpy path runs)")
 else:
     for n in (1, threads):
         rates[f"compiled\n{n} thread{'s' * (n > 1)}"] = nbytes / best_time(
-            lambda: fast.native_matmul(x, qw.weight, scales, kernel, threads=n))
+            lambda: native.native_matmul(x, qw.weight, scales, kernel, threads=n))
     colors += ["tab:green", "tab:green"]
 for name, rate in rates.items():
     C.measured(name.replace("\n", " "), f"{rate / 1e9:.1f} GB/s")
@@ -122,19 +129,26 @@ C.save_figure(fig, "int8_throughput")
 # copy: each 8 weights go from memory to a register, are widened there (two AVX2
 # instructions) and multiplied at once; on the same machine it reads a layer at 11-16 GB/s
 # (efficiency 0.4-0.66, median ~0.55), about as fast as that machine streams memory to its
-# cores. Read `add_rows` in `fast._NATIVE_SOURCE`: the plain-C loop under the AVX2 one is
+# cores. Read `add_rows` in `minigrok/engine/kernels/int8_matmul.c`: the plain-C loop under the AVX2 one is
 # the same arithmetic, for CPUs without AVX2.
 #
 # ## Why BLAS is held to one thread
 # OpenBLAS starts its own threads inside every product. Inside minigrok's own split that
 # means 2 x 2 threads on 2 cores, and they wait for each other at every chunk.
-# `fast.blas_threads(1)` sets OpenBLAS's thread count through its C API for the duration.
+# `threads.blas_threads(1)` sets OpenBLAS's thread count through its C API for the duration;
+# `cpu.py` imports it by name, so replacing `cpu.blas_threads` with a do-nothing context
+# lets OpenBLAS run free for one measurement.
 
 # %%
-saved = fast.blas_threads
-fast.blas_threads = lambda n: contextlib.nullcontext()          # let OpenBLAS do as it likes
-fought = nbytes / best_time(lambda: quant.matmul(x, qw, chunk_rows=chunk, threads=threads))
-fast.blas_threads = saved
+import contextlib
+
+saved = cpu.blas_threads
+cpu.blas_threads = lambda n: contextlib.nullcontext()           # let OpenBLAS do as it likes
+try:
+    fought = nbytes / best_time(
+        lambda: cpu.int8_matmul(x, qw.weight, scales, chunk_rows=chunk, threads=threads))
+finally:
+    cpu.blas_threads = saved
 C.measured(f"numpy path, {threads} threads, BLAS left to start its own", f"{fought / 1e9:.1f} GB/s")
 C.measured(f"numpy path, {threads} threads, BLAS held to one", f"{rates[NUMPY] / 1e9:.1f} GB/s")
 
@@ -152,13 +166,14 @@ C.measured(f"numpy path, {threads} threads, BLAS held to one", f"{rates[NUMPY] /
 xs = rng.standard_normal((256, n_in)).astype(np.float32)
 flops = 2 * xs.shape[0] * n_in * n_out
 # 32 rows: the depth of whole-row tiles on a 32768-wide expert matrix
-for rows in (32, fast.TILE_ROWS):
-    seconds = best_time(lambda: quant.matmul(xs, qw, chunk_rows=rows), repeats=3)
+for rows in (32, cpu.TILE_ROWS):
+    seconds = best_time(lambda: cpu.int8_matmul(xs, qw.weight, scales, chunk_rows=rows),
+                        repeats=3)
     C.measured(f"{xs.shape[0]} tokens, tiles {rows} rows deep", f"{flops / seconds / 1e9:.0f} GFLOP/s")
 
 # %% [markdown]
 # ## The GPU kernel, block by block
-# `fast.int8_gemv` launches a grid of (column tiles of 512, row ranges); `fast.gemv_launch`
+# `gemv.int8_gemv` launches a grid of (column tiles of 512, row ranges); `gemv.gemv_launch`
 # picks ranges as long as leaves ~512 blocks for the GPU's 132 multiprocessors, never
 # spanning two scale blocks. Each block writes one partial row, already multiplied by its
 # scale block's scales; the last block of a column tile to finish adds the tile's partial
@@ -167,13 +182,13 @@ for rows in (32, fast.TILE_ROWS):
 # same source compiled for 4 tokens, `int8_gemv_tokens`: each thread keeps 4 x 16 sums and
 # widens each weight once for all four.) Here is the same decomposition
 # in numpy, so you can check the arithmetic without a GPU (the kernel's source is
-# `fast._GEMV_SOURCE`).
+# `minigrok/engine/kernels/gemv.cu`).
 
 # %%
-grid, block, rows, rows_per_scale = fast.gemv_launch(n_in, n_out, qw.scales.shape[0])
+grid, block, rows, rows_per_scale = gemv.gemv_launch(n_in, n_out, qw.scales.shape[0])
 partial = np.stack([(x[0, r:r + rows] @ qw.weight[r:r + rows].astype(np.float32))
                     * scales[r // rows_per_scale] for r in range(0, n_in, rows)])
-lanes = [partial[lane::fast.GEMV_LANES].sum(axis=0) for lane in range(fast.GEMV_LANES)]
+lanes = [partial[lane::gemv.GEMV_LANES].sum(axis=0) for lane in range(gemv.GEMV_LANES)]
 y_blocks = sum(lanes[1:], lanes[0])
 print(f"grid: {grid[0]} column tiles x {grid[1]} row ranges of {rows} rows; "
       f"partial rows {list(partial.shape)}")
@@ -188,7 +203,7 @@ except Exception as e:                                           # no CuPy, or n
     cupy = None
     print(f"(no GPU here: {type(e).__name__}; `bash tests/gpu_check.sh` runs the kernel's checks)")
 if cupy is not None:
-    y = fast.int8_gemv(cupy.asarray(x), cupy.asarray(qw.weight), cupy.asarray(qw.scales))
+    y = gemv.int8_gemv(cupy.asarray(x), cupy.asarray(qw.weight), cupy.asarray(qw.scales))
     C.measured("the CUDA kernel on this GPU, max |difference|",
                f"{np.abs(y.get()[0] - y_blocks).max():.2e}")
 
@@ -211,7 +226,7 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
       f"bits {bits[0]:#010x} = {bits[:1].view(np.float32)[0]:.0f}")
 
 # %% [markdown]
-# ## A whole layer for one token: `fast.decode_layer`
+# ## A whole layer for one token: `decode.decode_layer`
 # A fast product is not enough on a GPU. The teaching layer (lesson 09) is ~150 small CuPy
 # operations, and each costs 5-200 us of *host* time to launch, whatever its size. Measured
 # on an H200 (2026-11-27, `tests/gpu_profile.py`) for one full-width Grok-1 layer, whose
@@ -219,18 +234,20 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 #
 # | one more layer in a decode step (`bench`'s `layer_decode_s`) | time |
 # |---|---|
-# | teaching code (`decoder_layer` with a `trace`) | 4.0-4.5 ms |
-# | `fast.decode_layer`, one launch per expert and matrix (22 launches) | 0.69-0.72 ms |
-# | `fast.decode_layer`, both experts in each launch (16 launches) | 0.51 ms |
-# | `fast.decode_layer`, query, key and value in one launch too (14 launches) | 0.52 ms |
+# | teaching code (the reference's `decoder_layer`, which the engine runs given a `trace`) | 4.0-4.5 ms |
+# | `decode.decode_layer`, one launch per expert and matrix (22 launches) | 0.69-0.72 ms |
+# | `decode.decode_layer`, both experts in each launch (16 launches) | 0.51 ms |
+# | `decode.decode_layer`, query, key and value in one launch too (14 launches) | 0.52 ms |
 #
-# `decode_layer` (in `minigrok/fast.py`) is the teaching layer rewritten as a few kernels:
+# `decode_layer` (in `minigrok/engine/decode.py`, its kernels in `kernels/decode.cu`) is the
+# teaching layer rewritten as a few kernels; the engine's GPU `layer_fn` runs it in place of
+# the reference's `decoder_layer` for one token:
 # one RMSNorm per launch, RoPE and the cache write in one, attention for the new token in
-# two (`fast.attend`, next section), the router's softmax and top-2
-# in one, the expert products by `int8_gemv_routed`, which reads the chosen experts'
+# two (`decode.attend`, next section), the router's softmax and top-2
+# in one, the expert products by `gemv.int8_gemv_routed`, which reads the chosen experts'
 # indices in GPU memory so that the host never waits for the router, and takes both
 # experts' up and gate products in one launch (a third grid dimension), their down
-# products in another; `int8_gemv_three` does the query, key and value products in one.
+# products in another; `gemv.int8_gemv_three` does the query, key and value products in one.
 # Each kernel is the teaching formula in the teaching order, compiled without fused
 # multiply-adds, and
 # `tests/test_cupy.py` holds the layer to `decoder_layer` on random layers, positions and
@@ -238,14 +255,14 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # time to queue the 14 launches, ~0.57 ms a layer, about as long as the GPU takes.
 
 # %% [markdown]
-# ## Attention over a long cache, in parts: `fast.attend`
+# ## Attention over a long cache, in parts: `decode.attend`
 # A new token's attention reads the whole KV cache: 67 MB per layer at 8192 cached tokens on
 # Grok-1, a twentieth of its weights. But read by a few blocks, one row after another, its
 # time is set by the latency of each read, not by the bytes: estimated at about as long as
 # the rest of the layer. To read it at the memory's speed, many blocks must read at once,
 # and each cache row should be read once, not once for each of the 6 query heads that share
-# its kv head. So `fast.attend` gives each GPU block one kv head
-# and a chunk of `fast.ATTENTION_CHUNK` rows (8 kv heads x 128 chunks of 64 rows = 1024
+# its kv head. So `decode.attend` gives each GPU block one kv head
+# and a chunk of `decode.ATTENTION_CHUNK` rows (8 kv heads x 128 chunks of 64 rows = 1024
 # blocks for 8192 rows); a block does the whole softmax and weighted sum over its own chunk and keeps its
 # scores' maximum m_c and sum of exponentials l_c. A second kernel then adds the chunks'
 # answers, each weighted by its share of the whole softmax, l_c exp(m_c - m) / sum over the
@@ -281,7 +298,7 @@ assert np.abs(in_parts - whole).max() <= 1e-5 * np.abs(whole).max()
 # %% [markdown]
 # ## On the real model: where 64 layers go
 # A Grok-1 layer is 4.6 GiB of int8 (8 experts), the float32 embeddings 3 GiB. The memory
-# plan (`placement.plan`) fills the GPUs in order with whole layers, keeping a reserve for
+# plan (`placement.plan`; `layer_bytes` from `minigrok/formats/checkpoint.py`) fills the GPUs in order with whole layers, keeping a reserve for
 # the working buffers, and streams what is left from the host's memory map, copying only
 # the 1.3 GB a token needs from each streamed layer.
 
@@ -308,8 +325,10 @@ for gpus, free, name in ((1, 79, "1 x H100 80 GB"), (4, 79, "4 x H100 80 GB"),
 #   (`make-checkpoint --preset grok-1 --num-layers 2`) prints `per layer ... bandwidth
 #   efficiency`: the 2-layer time minus the 1-layer time, against the yardstick.
 # - Set `MINIGROK_THREADS=1` and rerun the first cell: how close is one thread to "widen"?
-# - Change `fast.CHUNK_ELEMENTS` to `1 << 16` and `1 << 23`: why do both get slower?
-# - `fast.native_kernel(portable=True)` builds the kernel without its AVX2 loop: put it in
+# - Rerun the numpy path with tiles of `1 << 16` and `1 << 23` int8 elements instead of
+#   `cpu.CHUNK_ELEMENTS` (`1 << 20`): `cpu.int8_matmul(x, qw.weight, scales,
+#   chunk_rows=tile // n_out, tile_elements=tile)`. Why do both get slower?
+# - `native.native_kernel(portable=True)` builds the kernel without its AVX2 loop: put it in
 #   the race. Then run `bench` with `MINIGROK_NATIVE=0`, and compare `layer_decode_s`.
 # - Exercise: write the numpy path yourself, within a memory limit:
 #   `python -m minigrok exercises check int8_matmul` (stub in `lessons/exercises/`).

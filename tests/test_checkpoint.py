@@ -211,11 +211,11 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
     calls = []
 
-    def failing(path, spec, seed):
+    def failing(path, spec, *rest):
         calls.append(spec.name)
         if len(calls) == 5:
             raise OSError("disk full")
-        return original(path, spec, seed)
+        return original(path, spec, *rest)
 
     original = mc.write_tensor
     monkeypatch.setattr(mc, "write_tensor", failing)

@@ -140,7 +140,9 @@ def official_name(i, path):
 
 
 def arrays_of(t):
-    return (t.weight, t.scales) if isinstance(t, QuantizedWeight8bit) else (t,)
+    """A parameter's arrays: a quantised weight's (the checkpoint's QuantizedWeight8bit or the
+    engine's Int8Weight, which holds the same arrays) or the float array itself."""
+    return (t.weight, t.scales) if hasattr(t, "scales") else (t,)
 
 
 def test_layers_are_used_in_numeric_order(tiny):

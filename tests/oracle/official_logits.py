@@ -9,7 +9,9 @@ DIR holds ``ckpt-0/tensor{i:05d}_000`` and ``config.json`` (the hyper-parameters
 hard-codes). Nothing of the official code is copied here: model.py, runners.py and
 checkpoint.py are imported from --src (default $GROK1_SRC or ~/.cache/minigrok/grok-1), and the
 model is built, loaded and run through the same objects run.py uses. Only the last step
-differs: instead of the sampling loop we call the model's forward once on one sequence.
+differs: instead of the sampling loop we ask the model for the logits of each position of one
+sequence, the way the runner's prefill asks for those of the prompt's last one (see
+logits_fn for why one position at a time).
 
 --from-init skips the checkpoint and takes the official initialisation. Note that it is not
 random: every official parameter is created with Constant(0), so its logits are all zero and,
@@ -153,6 +155,39 @@ def random_params(zero_params, seed, QW8):
     return out
 
 
+def logits_fn(lm_config, mesh, params_sharding):
+    """fn(params, tokens [1, T]) -> logits [T, V]: the official model called as the runner
+    calls it, pjit with the partition rules' parameter sharding and LanguageModel(tokens,
+    length=t + 1) for the row of position t, for every t in one compiled loop.
+
+    Why one row at a time: under jaxlib 0.4.25 (XLA:CPU built with oneDNN) the bfloat16
+    whole-sequence forward fails to compile on CPUs where oneDNN has bf16 matmuls (e.g.
+    avx512_bf16): "unsupported operand type BF16 in op dot". XLA widens bf16 dots to float32
+    (its dot emitter has no bf16) except those oneDNN's rewriter claims: the decode
+    [T, D/8] x [D/8, V] per device once large enough (T >= 4 on the tiny preset); transpose
+    folding then makes it one the rewriter declines, and it reaches the emitter in bf16.
+    Sharding plays no part (jit and pjit compile the same 8-way program and fail alike).
+    A one-row decode is a vector-matrix product oneDNN never claims, so it is widened like
+    every other dot; the runner never asks for more. Details in README.md.
+    """
+    import haiku as hk
+    import jax
+    import jax.experimental.pjit as pjit
+    import jax.numpy as jnp
+
+    def forward(tokens, length):
+        # InferenceRunner's hk_forward without a memory: lm()(tokens, None, length=length).
+        return lm_config.make(mesh=mesh)(tokens, None, length=length).logits
+    apply = hk.without_apply_rng(hk.transform(forward)).apply
+
+    def every_position(params, tokens):
+        # One loop, not T calls: XLA hoists the transformer (the same for every length) out
+        # of it, so it runs once and the loop body is the one-row decode.
+        lengths = jnp.arange(1, tokens.shape[1] + 1, dtype=jnp.int32)
+        return jax.lax.map(lambda n: apply(params, tokens, n[None])[0, 0], lengths)
+    return pjit.pjit(every_position, in_shardings=(params_sharding, None))
+
+
 def flatten_params(params, QW8):
     """{'module/param': array}; a quantized weight gives '.../weight' (int8), '.../scales' (f32)."""
     import numpy as np
@@ -227,14 +262,12 @@ def main():
             host, runner.mesh, runner.state_sharding.params)
     t_load = time.time()
 
-    # One sequence, batch 1, exactly the given tokens (the model masks keys equal to pad).
-    def logits_fn(params, tokens):
-        output, _ = runner.forward.apply(params, None, tokens)
-        return output.logits
-
+    # One sequence, batch 1, exactly the given tokens (the model masks keys equal to pad),
+    # one position at a time as the runner decodes (logits_fn says why).
+    fn = logits_fn(lm_config, runner.mesh, runner.state_sharding.params)
     with runner.mesh:
-        logits = jax.jit(logits_fn)(params, np.asarray([tokens], dtype=np.int32))
-        logits = np.asarray(logits.astype(np.float32))[0]
+        logits = fn(params, np.asarray([tokens], dtype=np.int32))
+        logits = np.asarray(logits).astype(np.float32)
     t_fwd = time.time()
 
     assert logits.shape == (len(tokens), cfg["vocab_size"]), logits.shape

@@ -303,20 +303,27 @@ class Worker:
         """Full-sequence logits [T, V] of the official LanguageModel on one sequence."""
         m = self.model(req["checkpoint"])
         dt = req["dtype"]
+        tokens = a["tokens"].astype(self.np.int32)[None]
         if dt == "bfloat16":
-            # Exactly official_logits.py's call: the runner's own transformed forward.
-            key = ("logits", req["checkpoint"], dt)
-            if key not in self._fns:
-                self._fns[key] = self.jax.jit(
-                    lambda p, t: m["runner"].forward.apply(p, None, t)[0].logits)
-            fn = self._fns[key]
-        else:
-            lm = m["lm"][dt]
-            fn = self.jitted(("logits", req["checkpoint"], dt),
-                             lambda: lambda t: lm.make(mesh=self.mesh)(t).logits)
+            return {"logits": self.f32(self._bf16_logits(req["checkpoint"], m, tokens))}, {}
+        lm = m["lm"][dt]
+        fn = self.jitted(("logits", req["checkpoint"], dt),
+                         lambda: lambda t: lm.make(mesh=self.mesh)(t).logits)
         with self.mesh:
-            logits = fn(m["params"], a["tokens"].astype(self.np.int32)[None])
+            logits = fn(m["params"], tokens)
         return {"logits": self.f32(logits)[0]}, {}
+
+    def _bf16_logits(self, checkpoint, m, tokens):
+        """Exactly official_logits.py's call: the runner's pjit and one-row decode
+        (``length``), at every position. A bfloat16 full-sequence forward does not compile
+        on every x86-64 CPU under jaxlib 0.4.25 (official_logits.logits_fn says why)."""
+        import official_logits
+        key = ("logits", checkpoint, "bfloat16")
+        if key not in self._fns:
+            self._fns[key] = official_logits.logits_fn(
+                m["lm"]["bfloat16"], self.mesh, m["runner"].state_sharding.params)
+        with self.mesh:
+            return self._fns[key](m["params"], tokens)
 
     def op_params(self, req, a):
         """Every parameter checkpoint.restore loaded, by official name (int8 + scales split)."""

@@ -28,10 +28,10 @@ import time
 
 import _common as C
 import numpy as np
-from minigrok.formats import safepickle
 from minigrok.api import default_checkpoint
+from minigrok.formats import safepickle
 from minigrok.formats.checkpoint import (CKPT_DIR, find_root, inspect_rows, open_checkpoint,
-                                 tensor_file, tensor_specs)
+                                         tensor_file, tensor_specs)
 
 args = C.setup(2, "the checkpoint on disk")
 root = find_root(args.checkpoint) if args.checkpoint else default_checkpoint(notice=None)

@@ -25,9 +25,9 @@
 # %%
 import _common as C
 import numpy as np
+from minigrok.formats.checkpoint import layer_params
 from minigrok.reference.attention import attention
 from minigrok.reference.layer import decoder_layer
-from minigrok.formats.checkpoint import layer_params
 from minigrok.reference.model import embed
 from minigrok.reference.moe import moe
 from minigrok.reference.rmsnorm import rms_norm

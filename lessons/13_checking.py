@@ -39,9 +39,9 @@ from pathlib import Path
 
 import _common as C
 import numpy as np
+from minigrok.environment import cache_dir
 from minigrok.reference import attention as attention_module
 from minigrok.reference import moe as moe_module
-from minigrok.environment import cache_dir
 from minigrok.reference.model import forward
 from minigrok.reference.rmsnorm import rms_norm
 from minigrok.reference.rope import rope_angles
@@ -204,8 +204,8 @@ C.save_figure(fig, "mutants")
 # hides from minigrok's own logits hides from the oracle too.
 
 # %%
-from minigrok.reference.config import preset
 from minigrok.formats.make_checkpoint import make_checkpoint
+from minigrok.reference.config import preset
 
 src = Path(os.environ.get("GROK1_SRC", Path.home() / ".cache/minigrok/grok-1"))
 venv = Path(os.environ.get("MINIGROK_ORACLE_VENV", Path.home() / ".cache/minigrok/oracle-venv"))

@@ -32,10 +32,10 @@ import time
 
 import _common as C
 import numpy as np
-from minigrok.reference import quant
 from minigrok.api import default_checkpoint
 from minigrok.engine.weights import Int8Weight
 from minigrok.formats.checkpoint import CKPT_DIR, active_int8_bytes, find_root, open_checkpoint, tensor_specs
+from minigrok.reference import quant
 
 args = C.setup(14, "running the real 314B checkpoint")
 G = C.GROK1

@@ -297,10 +297,10 @@ assert np.abs(in_parts - whole).max() <= 1e-5 * np.abs(whole).max()
 
 # %% [markdown]
 # ## On the real model: where 64 layers go
-# A Grok-1 layer is 4.6 GiB of int8 (8 experts), the float32 embeddings 3 GiB. The memory
-# plan (`placement.plan`; `layer_bytes` from `minigrok/formats/checkpoint.py`) fills the GPUs in order with whole layers, keeping a reserve for
-# the working buffers, and streams what is left from the host's memory map, copying only
-# the 1.3 GB a token needs from each streamed layer.
+# A Grok-1 layer is 4.6 GiB of int8 (8 experts), the float32 embeddings 3 GiB. The memory plan
+# (`placement.plan`; `layer_bytes` from `minigrok/formats/checkpoint.py`) fills the GPUs in
+# order with whole layers, keeping a reserve for the working buffers, and streams what is left
+# from the host's memory map, copying only the 1.3 GB a token needs from each streamed layer.
 
 # %%
 GiB = 2**30

@@ -42,8 +42,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9,
                             "axes.titlesize": 10, "image.cmap": "viridis"})
 
-from minigrok.reference.config import GROK1  # noqa: E402,F401
 from minigrok.errors import MinigrokError  # noqa: E402
+from minigrok.reference.config import GROK1  # noqa: E402,F401
 
 # "The answer to life, the universe and everything is 42." in Grok-1's tokenizer (lesson 01
 # checks these against the real tokenizer.model). Fixed ids keep every lesson's numbers and

@@ -23,8 +23,8 @@ def _human(n: float) -> str:
 
 
 def cmd_make_checkpoint(args):
-    from .reference.config import preset
     from .formats.make_checkpoint import make_checkpoint
+    from .reference.config import preset
 
     cfg = preset(args.preset, args.num_layers)
     t0 = time.perf_counter()
@@ -75,7 +75,6 @@ def _token_list(text: str) -> list[int]:
 def cmd_generate(args):
     from .api import load
     from .formats.tokenizer import stream_text
-
     from .reference.sampling import check_settings
 
     if args.prompt is not None and not args.prompt:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from minigrok.reference.config import preset
 from minigrok.formats.make_checkpoint import make_checkpoint
+from minigrok.reference.config import preset
 
 # The default run ("repeatable") draws the same hypothesis examples every time: a red CI is
 # then a change's doing, never a newly drawn case (those are found by exploring, below).

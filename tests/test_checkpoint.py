@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testutil import run_cli
+from minigrok.errors import CheckpointError, MinigrokError
 from minigrok.formats import checkpoint, pickle_writer
 from minigrok.formats.checkpoint import CKPT_DIR, open_checkpoint, tensor_file, tensor_specs
-from minigrok.reference.config import GROK1, load_config, preset
-from minigrok.errors import CheckpointError, MinigrokError
 from minigrok.formats.make_checkpoint import make_checkpoint
+from minigrok.reference.config import GROK1, load_config, preset
 from minigrok.reference.quant import QuantizedWeight8bit, bf16_to_f32
 
 

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 import minigrok
-from minigrok.reference import attention as attention_module
 from minigrok import golden
-from minigrok.reference import quant
+from minigrok.formats.checkpoint import (CKPT_DIR, EMBEDDINGS, FINAL_NORM, model_params,
+                                        open_checkpoint)
+from minigrok.reference import attention as attention_module
 from minigrok.reference import moe as moe_module
-from minigrok.formats.checkpoint import CKPT_DIR, EMBEDDINGS, FINAL_NORM, model_params, open_checkpoint
+from minigrok.reference import quant
 
 from testutil import REPO, run_cli
 

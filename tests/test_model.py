@@ -13,11 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigrok
-from minigrok.reference.attention import new_cache
 from minigrok.errors import MinigrokError
+from minigrok.reference.attention import new_cache
 from minigrok.reference.generate import generate_tokens
 from minigrok.reference.model import forward
-from minigrok.reference.quant import QuantizedWeight8bit
 
 SMALL_V = 1024
 EXAMPLES = settings(max_examples=15, deadline=None)

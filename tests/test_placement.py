@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigrok.reference.config import preset
-from minigrok.errors import MinigrokError
 from minigrok.engine.devices import parse_devices
 from minigrok.engine.placement import Place, plan, reserve_bytes
+from minigrok.errors import MinigrokError
 from minigrok.formats.checkpoint import layer_bytes
+from minigrok.reference.config import preset
 
 GiB = 2**30
 GROK1 = preset("grok-1")

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minigrok.formats import safepickle
 from minigrok.errors import CheckpointError
+from minigrok.formats import safepickle
 from minigrok.reference.quant import QuantizedWeight8bit as MinigrokQW
 
 NAME = "tensor00007_000"

@@ -1,20 +1,19 @@
 """The GPU's decoding step: one token through a whole decoder layer in 14 launches.
 
-A decode step's arithmetic is tiny next to its weights, but the reference spends ~150
-small CuPy operations per layer, each ~5-240 us of host time: on an H200 a full-width layer
-took 4-7 ms against 0.31 ms to read its 1.3 GB of weights (attention alone 1.4-2.5 ms, the
-MoE 1.7-2.1 ms). decode_layer does reference.layer.decoder_layer's steps for one token
-with the kernels of kernels/decode.cu and the int8 GEMV (gemv.py): the teaching formulas in the teaching order,
-compiled without fused multiply-adds so that each product and sum is rounded as CuPy's
-separate operations round it. The router's choice stays on the GPU (int8_gemv_routed reads
-it there), so for resident layers the host never waits and queues the next layer while
-the GPU still reads this one's experts. Both experts go through each of their steps in one
-launch: their up and gate products (4 matrices), gelu_mul, their down products, the gated
-sum; the query, key and value products share one launch too. At one launch per matrix a
-step took 22 launches, and on an H200 the host needed about as long to queue them
-(0.77 ms) as the GPU to run them: one more layer took 0.69 ms. With 14 it takes 0.51 ms,
-of which the host's queueing is still ~0.57 ms when a layer runs alone (docs/performance.md).
-tests/test_cupy.py holds decode_layer to decoder_layer.
+A decode step's arithmetic is tiny next to its weights, but the reference spends ~150 small CuPy
+operations per layer, each ~5-240 us of host time: on an H200 a full-width layer took 4-7 ms
+against 0.31 ms to read its 1.3 GB of weights (attention alone 1.4-2.5 ms, the MoE 1.7-2.1 ms).
+decode_layer does reference.layer.decoder_layer's steps for one token with the kernels of
+kernels/decode.cu and the int8 GEMV (gemv.py): the teaching formulas in the teaching order,
+compiled without fused multiply-adds so that each product and sum is rounded as CuPy's separate
+operations round it. The router's choice stays on the GPU (int8_gemv_routed reads it there), so
+for resident layers the host never waits and queues the next layer while the GPU still reads
+this one's experts. Both experts go through each of their steps in one launch: their up and gate
+products (4 matrices), gelu_mul, their down products, the gated sum; the query, key and value
+products share one launch too. At one launch per matrix a step took 22 launches, and on an H200
+the host needed about as long to queue them (0.77 ms) as the GPU to run them: one more layer
+took 0.69 ms. With 14 it takes 0.51 ms, of which the host's queueing is still ~0.57 ms when a
+layer runs alone (docs/performance.md). tests/test_cupy.py holds decode_layer to decoder_layer.
 """
 
 import numpy as np

@@ -3,7 +3,8 @@ for many.
 
 On a GPU the whole int8 matrix can be read at HBM speed, but only by a kernel that reads the
 bytes once: dequantising first writes and re-reads 4 bytes per weight (efficiency ~0.04 for a
-6144 x 32768 matrix on an H200). One token's product y = x @ (q * s) is this kernel (kernels/gemv.cu):
+6144 x 32768 matrix on an H200). One token's product y = x @ (q * s) is this kernel
+(kernels/gemv.cu):
 
   * a thread owns 16 neighbouring output columns and reads them as one 16-byte load per row,
     so a warp reads 512 contiguous bytes of a row at a time;

@@ -135,7 +135,8 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
     # 6144 x 1024 key ran at 6-7 GB/s on one thread here and 4.4 split over two).
     pieces = max(1, min(-(-threads // blocks), n_out // 1024))
     jobs = [(b, c0, c1) for b in range(blocks) for c0, c1 in split_range(n_out, pieces, 64)]
-    groups = [jobs[j0:j1] for j0, j1 in split_range(len(jobs), threads, 1)]  # in order: one stretch each
+    # in order: each thread gets one stretch of the jobs
+    groups = [jobs[j0:j1] for j0, j1 in split_range(len(jobs), threads, 1)]
     for t0 in range(0, T, NATIVE_TOKENS):
         tokens = min(NATIVE_TOKENS, T - t0)
 

@@ -1,12 +1,12 @@
 """Streaming weights from the host to a GPU, for the layers the memory plan left on the host.
 
-A streamed layer's int8 weights stay in the checkpoint's memory map (placement.py), wrapped
-as weights.StreamedWeight. A token
-needs only its attention weights and the two routed experts, 1.3 GB of Grok-1's 4.9 GB
-layer, and that is all that crosses to the GPU. Copies run on one background thread, in the
-order asked for, on their own CUDA stream: once a layer knows what it needs (its four attention
-matrices on entry, each routed expert's three as the MoE takes its view of them), the copies queue back to back and the GPU multiplies by each matrix while the next
-ones are still on their way. Nothing holds a whole layer anywhere.
+A streamed layer's int8 weights stay in the checkpoint's memory map (placement.py), wrapped as
+weights.StreamedWeight. A token needs only its attention weights and the two routed experts,
+1.3 GB of Grok-1's 4.9 GB layer, and that is all that crosses to the GPU. Copies run on one
+background thread, in the order asked for, on their own CUDA stream: once a layer knows what it
+needs (its four attention matrices on entry, each routed expert's three as the MoE takes its
+view of them), the copies queue back to back and the GPU multiplies by each matrix while the
+next ones are still on their way. Nothing holds a whole layer anywhere.
 
 A copy from ordinary (pageable) host memory ran at 6.4-9 GB/s on an H200 machine: the
 driver stages it through its own pinned buffer on one thread. minigrok stages it itself:

@@ -19,10 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import safepickle
-from ..reference.config import CONFIG_FILE, ROW_BLOCKS, Config, load_config
 from ..errors import CheckpointError, MinigrokError
+from ..reference.config import CONFIG_FILE, ROW_BLOCKS, Config, load_config
 from ..reference.quant import QuantizedWeight8bit
+from . import safepickle
 
 CKPT_DIR = "ckpt-0"
 EMBEDDINGS = "language_model/in_out_embed/embeddings"
@@ -191,7 +191,9 @@ def active_int8_bytes(cfg: Config) -> int:
     for spec in layer_specs(cfg, 0):
         if spec.scales:                       # the int8 matrices; a token reads k of E experts
             n = math.prod(spec.shape)
-            per_layer += n * cfg.num_selected_experts // cfg.num_experts if "/moe/" in spec.name else n
+            if "/moe/" in spec.name:
+                n = n * cfg.num_selected_experts // cfg.num_experts
+            per_layer += n
     return cfg.num_layers * per_layer
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..environment import num_threads
+from ..errors import MinigrokError
+from ..reference.config import CONFIG_FILE, Config, to_json
+from ..reference.quant import quantize
 from . import pickle_writer
 from .checkpoint import CKPT_DIR, tensor_file, tensor_specs
-from ..reference.config import CONFIG_FILE, Config, to_json
-from ..errors import MinigrokError
-from ..environment import num_threads
-from ..reference.quant import quantize
 
 _COLUMNS = 2048          # columns of one expert quantised at a time (fixes the random stream)
 _ROWS = 8192             # rows of a float32 tensor written at a time

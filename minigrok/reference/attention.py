@@ -19,10 +19,10 @@ from .xp import array_module
 SOFT_CAP = 30.0
 MASKED = -1e30
 # The scores of one call are [H, T, S] float32: 13 GB for an 8192-token prompt on Grok-1,
-# several times over while they are capped, masked and soft-maxed. ``context`` therefore
-# takes the queries in blocks whose scores stay under this many bytes (its ``score_bytes``); each row's numbers
-# are the same as in one piece, up to float32 rounding. (Above 32 MB every temporary would
-# be a fresh mmap from glibc, its pages faulted in anew: 20-30% slower here.)
+# several times over while they are capped, masked and soft-maxed. ``context`` therefore takes
+# the queries in blocks whose scores stay under this many bytes (its ``score_bytes``); each
+# row's numbers are the same as in one piece, up to float32 rounding. (Above 32 MB every
+# temporary would be a fresh mmap from glibc, its pages faulted in anew: 20-30% slower here.)
 SCORE_BYTES = 32 << 20
 
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import oracle_checks as oc
-from minigrok.reference.config import preset, to_json
 from minigrok.formats.make_checkpoint import make_checkpoint
+from minigrok.reference.config import preset, to_json
 
 
 def examples(quick: int) -> int:

@@ -11,11 +11,11 @@ import math
 import numpy as np
 
 import oracle_checks as oc
-from minigrok.reference import attention as mg_attention
 from minigrok.formats import checkpoint as mg_checkpoint
+from minigrok.formats import tokenizer as mg_tokenizer
+from minigrok.reference import attention as mg_attention
 from minigrok.reference import moe as mg_moe
 from minigrok.reference import rope as mg_rope
-from minigrok.formats import tokenizer as mg_tokenizer
 
 # 24 tokens (the quick profile's length: no extra compilation), pads inside.
 TOKENS = np.array([5, 17, 0, 300, 9, 1000, 77, 12345, 3, 4, 2, 131071,

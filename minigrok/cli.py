@@ -40,9 +40,28 @@ def cmd_make_checkpoint(args):
           f"in {time.perf_counter() - t0:.1f} s")
 
 
+def cmd_structure(args):
+    from .formats.checkpoint import structure
+
+    layouts = structure(args.checkpoint)
+    files = sum(len(layout["files"]) for layout in layouts)
+    print(f"{files} tensor files, {len(layouts)} layout{'s' * (len(layouts) != 1)}")
+    for i, layout in enumerate(layouts, 1):
+        names = layout["files"]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        print(f"layout {i}: {len(names)} files ({shown})")
+        print(f"  holds:    {layout['holds']}")
+        print(f"  protocol: {layout['protocol']}")
+        print(f"  globals:  {', '.join(layout['globals']) or '-'}")
+        print(f"  arrays:   {layout['payload_bytes']:,} bytes in all; files of "
+              f"{layout['smallest']:,} to {layout['largest']:,} bytes")
+
+
 def cmd_inspect(args):
     from .formats.checkpoint import active_int8_bytes, inspect_rows, open_checkpoint
 
+    if args.structure:
+        return cmd_structure(args)
     ck = open_checkpoint(args.checkpoint)
     rows = list(inspect_rows(ck))
     head = ("index", "file", "name", "dtype", "shape", "scales", "bytes")
@@ -282,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="list every tensor of a checkpoint and the totals")
     s.add_argument("--checkpoint", required=True, help="folder holding ckpt-0/ (or ckpt-0/ itself)")
+    s.add_argument("--structure", action="store_true",
+                   help="the files' layouts (pickle protocol, globals, what they hold) without "
+                        "reading their arrays: run this first on a download, and paste it into "
+                        "a bug report when a file does not load")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("generate", help="continue a prompt, streaming the text")

@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 import sys
-from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testutil import run_cli
 from minigrok.errors import CheckpointError, MinigrokError
 from minigrok.formats import checkpoint, pickle_writer
 from minigrok.formats.checkpoint import CKPT_DIR, open_checkpoint, tensor_file, tensor_specs
@@ -24,17 +22,7 @@ from minigrok.formats.make_checkpoint import make_checkpoint
 from minigrok.reference.config import GROK1, load_config, preset
 from minigrok.reference.quant import QuantizedWeight8bit, bf16_to_f32
 
-
-@dataclass
-class OfficialQW:
-    """Stand-in for the official ``__main__.QuantizedWeight8bit`` dataclass."""
-
-    weight: object
-    scales: object
-
-
-OfficialQW.__name__ = OfficialQW.__qualname__ = "QuantizedWeight8bit"
-OfficialQW.__module__ = "__main__"
+from testutil import OfficialQW, run_cli
 
 
 @pytest.fixture(autouse=True)

@@ -337,7 +337,11 @@ def test_refusal_message_names_global(folder):
     with pytest.raises(CheckpointError) as e:
         safepickle.load(write(folder, pickle.dumps(Call(os.system, "true"), protocol=4)))
     assert str(e.value).startswith(f"{NAME}: byte ")
-    assert str(e.value).endswith(f"global '{os.system.__module__}.system' is not allowed")
+    message = str(e.value)
+    assert f"global '{os.system.__module__}.system' is not allowed; if this is a real Grok-1 " \
+        "download" in message
+    assert message.endswith(f"inspect --checkpoint {folder} --structure' and paste its report "
+                            "into a bug report")
 
 
 def test_truncated_payload_message(folder):

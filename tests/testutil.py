@@ -7,6 +7,7 @@ modules named ``conftest`` cannot both be imported by that name.
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,17 @@ def run_cli(*args, env=None, timeout=300):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "minigrok", *map(str, args)], cwd=REPO,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class OfficialQW:
+    """Stand-in for the official ``__main__.QuantizedWeight8bit`` dataclass: register it as
+    ``__main__.QuantizedWeight8bit`` (what the official checkpoint.py does) and ``pickle.dumps``
+    writes what the official writer writes."""
+
+    weight: object
+    scales: object
+
+
+OfficialQW.__name__ = OfficialQW.__qualname__ = "QuantizedWeight8bit"
+OfficialQW.__module__ = "__main__"

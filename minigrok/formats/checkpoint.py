@@ -152,18 +152,15 @@ def open_checkpoint(path) -> Checkpoint:
         raise CheckpointError(str(e)) from None
     specs = tensor_specs(cfg)
     ckpt = root / CKPT_DIR
-    present = {f for f in os.listdir(ckpt) if f.startswith("tensor")}
     expected = [tensor_file(i) for i in range(len(specs))]
-    missing = [f for f in expected if f not in present]
-    extra = sorted(present - set(expected))
-    where = f"(config {root / CONFIG_FILE})" if (root / CONFIG_FILE).exists() else \
-        "(no config.json: assuming the full Grok-1 config)"
-    if missing:
-        raise CheckpointError(f"{missing[0]}: missing; {len(present)} tensor files found, "
-                              f"{len(specs)} expected for {cfg.num_layers} layers {where}")
-    if extra:
-        raise CheckpointError(f"{extra[0]}: unexpected file; only {len(specs)} tensor files "
-                              f"expected for {cfg.num_layers} layers {where}")
+    problems, to_fetch = download_problems(ckpt, specs)
+    if problems:
+        where = f"config {root / CONFIG_FILE}" if (root / CONFIG_FILE).exists() else \
+            "no config.json: assuming the full Grok-1 config"
+        fetch = f"; re-fetch just the missing and short files, {_human(to_fetch)} at least" \
+            if to_fetch else ""
+        raise CheckpointError(f"{'; '.join(problems)} ({len(specs)} tensor files expected for "
+                              f"{cfg.num_layers} layers, {where}{fetch})")
     tensors = [safepickle.load(ckpt / f) for f in expected]
     problems = check(specs, tensors)
     if problems:
@@ -183,6 +180,68 @@ def tensor_bytes(spec: TensorSpec) -> int:
 def layer_bytes(cfg: Config) -> int:
     """Bytes of one decoder layer's weights: int8 and their scales, the router and norms."""
     return sum(tensor_bytes(spec) for spec in layer_specs(cfg, 0))
+
+
+def download_problems(ckpt: Path, specs) -> tuple[list[str], int]:
+    """Every way ``ckpt``'s files differ from a complete download, one 'file: problem' each:
+    missing files (with the bytes their arrays take), short ones (smaller than their arrays'
+    bytes alone and cut off: a transfer that stopped) and unexpected ones; and the bytes the
+    missing and short files hold at least. Reads sizes, and the opcodes of files too small, so
+    that a partial download is named in one message before any file is loaded."""
+    expected = {tensor_file(i): spec for i, spec in enumerate(specs)}
+    try:
+        present = {e.name: e for e in os.scandir(ckpt) if e.name.startswith("tensor")}
+    except OSError as e:
+        raise CheckpointError(f"{ckpt}: cannot list: {e.strerror or e}") from None
+    problems, to_fetch = [], 0
+    for name, spec in expected.items():
+        need = tensor_bytes(spec)
+        if name not in present:
+            problems.append(f"{name}: missing ({_human(need)})")
+            to_fetch += need
+            continue
+        size = present[name].stat().st_size
+        # Smaller than its arrays and cut off mid-pickle: a transfer that stopped. (A whole
+        # pickle of another tensor is left to the shape check, which names both.)
+        if size < need and safepickle.survey(ckpt / name)["holds"].startswith(
+                "unreadable: truncated"):
+            problems.append(f"{name}: short: {size:,} bytes, its arrays alone take {need:,}")
+            to_fetch += need
+    problems += [f"{name}: unexpected file" for name in sorted(set(present) - set(expected))]
+    return problems, to_fetch
+
+
+def structure(path) -> list[dict]:
+    """The distinct layouts of a checkpoint's tensor files, without reading their arrays: what
+    to look at first on a new download, and to paste into a bug report when a file does not
+    load. One dict per layout (protocol, globals, what the files hold), most files first:
+    {"protocol", "globals", "holds", "files": [names], "payload_bytes" (all its files'
+    arrays), "smallest", "largest" (file bytes)}. Works on any folder of tensor files,
+    whatever config.json says."""
+    ckpt = find_root(path) / CKPT_DIR
+    try:
+        names = sorted(e.name for e in os.scandir(ckpt) if e.name.startswith("tensor"))
+    except OSError as e:
+        raise CheckpointError(f"{ckpt}: cannot list: {e.strerror or e}") from None
+    layouts = {}
+    for name in names:
+        s = safepickle.survey(ckpt / name)
+        key = (s["protocol"], tuple(s["globals"]), s["holds"])
+        layout = layouts.setdefault(key, {"protocol": s["protocol"], "globals": s["globals"],
+                                          "holds": s["holds"], "files": [], "payload_bytes": 0,
+                                          "smallest": s["file_bytes"], "largest": 0})
+        layout["files"].append(name)
+        layout["payload_bytes"] += s["payload_bytes"]
+        layout["smallest"] = min(layout["smallest"], s["file_bytes"])
+        layout["largest"] = max(layout["largest"], s["file_bytes"])
+    return sorted(layouts.values(), key=lambda layout: -len(layout["files"]))
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def active_int8_bytes(cfg: Config) -> int:

@@ -32,6 +32,28 @@ MAX_OPCODES = 100_000    # a real tensor file has about a hundred; bounds time a
 MAX_LINE = 256           # GLOBAL / PUT / GET take a newline-terminated argument
 MAX_NDIM = 32
 
+# The names the bfloat16 scalar type may have been pickled under: pickle writes a type as its
+# ``__module__`` and ``__qualname__``. Checked by pickling a bfloat16 array with every ml_dtypes
+# release from 0.0.4 to 0.7.0, protocols 2 to 5: all write ``ml_dtypes.bfloat16``, and so does
+# jax 0.4.25 (``jnp.bfloat16`` is a wrapper; the arrays' type is ml_dtypes'). The jaxlib
+# releases on the package index (0.4.13 on) all take bfloat16 from ml_dtypes. Before ml_dtypes,
+# TensorFlow's and XLA's own bfloat16 types were C types named plain "bfloat16" (their
+# bfloat16.cc), which pickle would look for in builtins and refuse to write, unless a module
+# was set on them that we have not found. The other
+# spellings below name the same type where an install could expose it under another module:
+# the extension modules that define it (``_custom_floats`` up to ml_dtypes 0.2.0,
+# ``_ml_dtypes_ext`` from 0.3), jax's re-exports, and jaxlib's extension (not checked: no
+# jaxlib before 0.4.13 is on the index). None is ever imported, so accepting one costs no
+# safety: each may only be the dtype of an array, as the scales' is.
+BFLOAT16_SPELLINGS = (
+    ("ml_dtypes", "bfloat16"),
+    ("ml_dtypes._ml_dtypes_ext", "bfloat16"),
+    ("ml_dtypes._custom_floats", "bfloat16"),
+    ("jax.numpy", "bfloat16"),
+    ("jax._src.dtypes", "bfloat16"),
+    ("jaxlib.xla_extension", "bfloat16"),
+)
+
 # (module, name) -> what we let it stand for. numpy 1.x writes numpy.core, 2.x numpy._core;
 # protocol 2 writes bytes as _codecs.encode(str, 'latin1'), and b'' as bytes().
 _GLOBALS = {
@@ -42,7 +64,7 @@ _GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"): "frombuffer",
     ("numpy", "ndarray"): "ndarray",
     ("numpy", "dtype"): "dtype",
-    ("ml_dtypes", "bfloat16"): "bfloat16",
+    **{spelling: "bfloat16" for spelling in BFLOAT16_SPELLINGS},
     ("_codecs", "encode"): "encode",
     ("__builtin__", "bytes"): "bytes",
     ("builtins", "bytes"): "bytes",
@@ -55,6 +77,11 @@ _DTYPE_NAMES = frozenset("i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8 c8 c16".split())
 
 class _Bad(Exception):
     """A problem at the current opcode; the parser adds the file name and offset."""
+
+
+class _Unknown(_Bad):
+    """An opcode or global the reader does not know: maybe a real file written by a stack
+    minigrok has not seen, so the message says how to report it."""
 
 
 class _Global:
@@ -118,9 +145,10 @@ def _op(code):
 
 
 class _Parser:
-    def __init__(self, f, size, name):
-        self.f, self.size, self.name = f, size, name
+    def __init__(self, f, size, name, report=""):
+        self.f, self.size, self.name, self.report = f, size, name, report
         self.pos = self.at = 0
+        self.protocol, self.globals = None, []              # what survey() reports
         self.frame_end = None          # protocol 4+: reads may not run past a frame's end
         self.opname = "opcode"
         self.stack, self.metastack, self.memo = [], [], {}
@@ -220,13 +248,15 @@ class _Parser:
                 op = pickletools.code2op.get(chr(code))
                 self.opname = op.name if op else f"opcode 0x{code:02x}"
                 if code not in _OPS:
-                    raise _Bad(f"{self.opname} is not allowed")
+                    raise _Unknown(f"{self.opname} is not allowed")
                 if count == 0 and self.opname != "PROTO":
                     raise _Bad("not a pickle of protocol 2 or later (no PROTO opcode)")
                 _OPS[code](self)
                 if self.result is not None:
                     return self.result
             raise _Bad(f"more than {MAX_OPCODES} opcodes")
+        except _Unknown as e:
+            raise CheckpointError(f"{self.name}: byte {self.at}: {e}{self.report}") from None
         except _Bad as e:
             raise CheckpointError(f"{self.name}: byte {self.at}: {e}") from None
 
@@ -261,17 +291,28 @@ def _materialise(v, mm):
     return a.transpose(axes) if axes else a
 
 
+def _report_hint(path) -> str:
+    """How to report a file the reader does not know: the structure report of its folder."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if os.path.basename(folder) == "ckpt-0":
+        folder = os.path.dirname(folder)
+    return ("; if this is a real Grok-1 download, this reader does not know how it was written: "
+            f"run 'python -m minigrok inspect --checkpoint {folder} --structure' and paste its "
+            "report into a bug report")
+
+
 def load(path):
     """The array or QuantizedWeight8bit a checkpoint file holds, without running pickle.
 
     Arrays are read-only views of the mapped file; bfloat16 comes back as BF16_BITS.
-    Raises CheckpointError for anything but a well-formed file of the expected kind.
+    Raises CheckpointError for anything but a well-formed file of the expected kind; for an
+    opcode or global it does not know, the message says how to report the file.
     """
     name = os.path.basename(os.fspath(path))
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            v = _Parser(f, size, name).run()
+            v = _Parser(f, size, name, _report_hint(path)).run()
     except OSError as e:
         raise CheckpointError(f"{name}: byte 0: cannot read: {e.strerror or e}") from None
     try:
@@ -283,13 +324,47 @@ def load(path):
     return _materialise(v, mm)
 
 
+def _holds(v) -> tuple[str, int]:
+    """What a parsed file holds, by kind and dtype (no shapes: they differ file to file), and
+    its arrays' bytes."""
+    def dtype(a):
+        return "bfloat16" if a.spec[1].metadata else str(a.spec[1])
+    if isinstance(v, _QW):
+        w, s = v.state["weight"], v.state["scales"]
+        return (f"QuantizedWeight8bit({dtype(w)}, {dtype(s)})",
+                w.spec[0].length + s.spec[0].length)
+    return f"{dtype(v)} array", v.spec[0].length
+
+
+def survey(path) -> dict:
+    """What one checkpoint file is made of, for a report on a download, without reading its
+    arrays or importing anything: {"protocol": int or None, "globals": [module.name, ...] in
+    the order they appear, allowed or not, "holds": what the file holds or why it could not
+    be read, "payload_bytes": the bytes of its arrays, "file_bytes"}."""
+    name = os.path.basename(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            p = _Parser(f, size, name)
+            try:
+                holds, payload = _holds(p.run())
+            except CheckpointError as e:
+                holds, payload = "unreadable: " + str(e).split(": ", 1)[1], 0
+    except OSError as e:
+        return {"protocol": None, "globals": [], "holds": f"unreadable: {e.strerror or e}",
+                "payload_bytes": 0, "file_bytes": 0}
+    return {"protocol": p.protocol, "globals": p.globals, "holds": holds,
+            "payload_bytes": payload, "file_bytes": size}
+
+
 # --- opcode handlers ---------------------------------------------------------------------
 
 @_op(b"\x80")
 def _proto(p):
     v = p.uint(1)
     if p.at != 0 or not 2 <= v <= 5:
-        raise _Bad(f"PROTO {v} (only protocols 2 to 5, once, at the start)")
+        raise _Unknown(f"PROTO {v} (only protocols 2 to 5, once, at the start)")
+    p.protocol = v
 
 
 @_op(b"\x95")
@@ -405,9 +480,10 @@ def _setitems_op(p):
 
 def _global(p, module, name):
     label = ascii(f"{module}.{name}"[:200])
+    p.globals.append(label[1:-1])
     role = _GLOBALS.get((module, name))
     if role is None:
-        raise _Bad(f"global {label} is not allowed")
+        raise _Unknown(f"global {label} is not allowed")
     p.push(_Global(role, label))
 
 

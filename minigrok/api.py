@@ -10,12 +10,13 @@ from .engine.devices import backend
 from .environment import cache_dir
 from .errors import MinigrokError
 from .formats import tokenizer as tok
-from .formats.checkpoint import CKPT_DIR, model_params, open_checkpoint
+from .formats.checkpoint import (CKPT_DIR, EMBEDDINGS, FINAL_NORM, layer_prefix, model_params,
+                                 open_checkpoint)
 from .formats.make_checkpoint import RECIPE, make_checkpoint
 from .reference.config import preset
 from .reference.generate import check_tokens, generate_tokens
 from .reference.model import forward
-from .reference.xp import to_numpy
+from .reference.xp import array_module, to_numpy
 
 DEFAULT_PRESET = "tiny"
 
@@ -55,7 +56,8 @@ class Model:
         params = model_params(self.checkpoint.params, self.config.num_layers)
         # The engine's parameters and decoder layer: on GPUs resident where they fit and
         # streamed where not (engine/placement.py); the model code is the reference's.
-        self.params, self.layer_fn = runtime.prepare(params, self.config, device, gpu_memory)
+        self.params, layer_fn = runtime.prepare(params, self.config, device, gpu_memory)
+        self.layer_fn = _checked_first_forward(layer_fn, self.params)
         self._tokenizer_path = tokenizer
         self._sp = None
 
@@ -75,8 +77,9 @@ class Model:
         return tok.decode(self.tokenizer, ids)
 
     def logits(self, ids) -> np.ndarray:
-        """Full-sequence logits, no cache: ids [T] -> float32 numpy [T, V]."""
-        ids = check_tokens(ids, self.config.vocab_size)
+        """Full-sequence logits, no cache: ids [T] -> float32 numpy [T, V]. More ids than the
+        model's context (sequence_len) is an error: one pass has no prompt to shorten."""
+        ids = check_tokens(ids, self.config.vocab_size, self.config.sequence_len)
         return to_numpy(forward(self.params, self.config, self.xp.asarray(ids),
                                 layer_fn=self.layer_fn))
 
@@ -94,6 +97,55 @@ class Model:
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         return tok.stream_text(self.tokenizer, ids, self.generate_ids(
             ids, max_new_tokens, temperature, top_p, seed))
+
+
+def _not_finite(a) -> bool:
+    """Whether an array, or a quantised weight's bf16 scales, holds a NaN or an infinity."""
+    scales = getattr(a, "scales", None)
+    if scales is not None:        # int8 is always finite; a bf16 NaN or inf has exponent 0xFF
+        xp = array_module(scales)
+        return bool(((xp.asarray(scales).view(xp.uint16) & 0x7F80) == 0x7F80).any())
+    xp = array_module(a)
+    return not bool(xp.isfinite(xp.asarray(a)).all())
+
+
+def _bad_tensor(layer: dict, index: int) -> str | None:
+    """The official name of the first tensor of layer ``index`` that is not finite."""
+    for key, value in layer.items():
+        for name, tensor in (value.items() if isinstance(value, dict) else [("", value)]):
+            if _not_finite(tensor):
+                inner = f"{key}/{name}/w" if name else f"{key}/" + ("w" if key == "router"
+                                                                 else "scale")
+                return layer_prefix(index) + inner
+    return None
+
+
+def _checked_first_forward(layer_fn, params):
+    """``layer_fn``, watching the activations of the first forward pass: a checkpoint with a
+    NaN or an infinity in a weight gives one error naming the tensor, instead of text made of
+    whatever argmax makes of NaN. From the first clean pass on, the layer runs unwatched
+    (each check waits for the GPU)."""
+    clean = []
+
+    def checked(h, layer, cfg, *, index=0, **kwargs):
+        if clean:
+            return layer_fn(h, layer, cfg, index=index, **kwargs)
+        xp = array_module(h)
+        if index == 0 and not bool(xp.isfinite(h).all()):
+            raise MinigrokError(f"{EMBEDDINGS}: holds a NaN or an infinity (in the rows of "
+                                "these tokens)")
+        out = layer_fn(h, layer, cfg, index=index, **kwargs)
+        if not bool(array_module(out).isfinite(out).all()):
+            bad = _bad_tensor(layer, index)
+            raise MinigrokError(f"{bad}: holds a NaN or an infinity" if bad else
+                                f"layer {index} made a NaN or an infinity from finite "
+                                "weights (its activations overflowed float32)")
+        if index == len(params["layers"]) - 1:
+            if _not_finite(params["rms_norm"]):
+                raise MinigrokError(f"{FINAL_NORM}: holds a NaN or an infinity")
+            clean.append(True)
+        return out
+    return checked
 
 
 def load(path=None, device: str = "cpu", tokenizer=None, gpu_memory: float | None = None) -> Model:

@@ -85,23 +85,45 @@ def cmd_inspect(args):
 
 
 def _token_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise MinigrokError(f"token ids must be comma-separated integers, got {text!r}") from None
+    ids = []
+    for t in text.split(","):
+        if t.strip():
+            try:
+                ids.append(int(t))
+            except ValueError:      # the offending item only, cut short: argv may be long
+                t = t.strip()
+                shown = ascii(t[:24]) + ("..." if len(t) > 24 else "")
+                raise MinigrokError(f"token ids must be comma-separated integers, got "
+                                    f"{shown}") from None
+    return ids
 
 
 def cmd_generate(args):
     from .api import load
-    from .formats.tokenizer import stream_text
+    from .environment import ensure_cache_dir
+    from .formats.tokenizer import check_text, check_vocab, stream_text
     from .reference.sampling import check_settings
 
     if args.prompt is not None and not args.prompt:
         raise MinigrokError("empty prompt: give some text with --prompt")
-    check_settings(args.temperature, args.top_p)
+    if args.prompt is not None:
+        check_text(args.prompt, "--prompt")
+    check_settings(args.temperature, args.top_p, args.seed)
     prompt = _token_list(args.prompt_tokens) if args.prompt is None else None
-    m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer,
-             gpu_memory=args.gpu_memory)
+    if args.checkpoint is None:          # the built-in checkpoint lives in the cache
+        cache = ensure_cache_dir()
+    try:
+        m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer,
+                 gpu_memory=args.gpu_memory)
+    except OSError as e:
+        if args.checkpoint is not None:
+            raise
+        raise MinigrokError(f"cannot write the built-in checkpoint into the cache folder "
+                            f"{cache}: {e.strerror or e} (set MINIGROK_CACHE to a writable "
+                            "folder, or pass --checkpoint)") from None
+    # Every id the model can produce must have a piece: a smaller tokenizer is another
+    # model's, and would fail on the first such id, mid-stream.
+    check_vocab(m.tokenizer, m.config.vocab_size)
     if prompt is None:
         prompt = m.encode(args.prompt)
     times = [time.perf_counter()]                # start, then after each new token
@@ -116,27 +138,27 @@ def cmd_generate(args):
         print(piece, end="", flush=True)
     print()
     n = len(times) - 1
-    prefill = f"{len(prompt) / (times[1] - times[0]):.1f}" if n else "-"
+    # A prompt past the context was cut to its last tokens (with a warning): count those.
+    used = min(len(prompt), m.config.sequence_len - args.max_new_tokens)
+    prefill = f"{used / (times[1] - times[0]):.1f}" if n else "-"
     decode = f"{(n - 1) / (times[-1] - times[1]):.1f}" if n > 1 else "-"
-    print(f"[{len(prompt)} prompt tokens: {prefill} tok/s, {n} generated tokens: {decode} tok/s, "
+    print(f"[{used} prompt tokens: {prefill} tok/s, {n} generated tokens: {decode} tok/s, "
           f"{args.device}]", file=sys.stderr)
 
 
 def cmd_logits(args):
     import numpy as np
 
+    from . import outputs
     from .api import load
 
+    # Refused before the forward pass, not after it; replaced only where it is a .npy file.
+    npy = {"force": args.force, "recognise": outputs.is_npy,
+           "what": "a .npy file"}
+    outputs.check_file(args.out, **npy)
     m = load(args.checkpoint, device=args.device, gpu_memory=args.gpu_memory)
-    logits = m.logits(_token_list(args.tokens))
-    out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}.npy")
-    try:
-        np.save(tmp, logits.astype(np.float32))
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise MinigrokError(f"{out}: cannot write ({e.strerror})") from None
+    logits = m.logits(_token_list(args.tokens)).astype(np.float32)
+    outputs.write_file(args.out, lambda f: np.save(f, logits), **npy)
 
 
 def cmd_bench(args):
@@ -199,15 +221,18 @@ def cmd_golden(args):
             raise MinigrokError(f"golden: {', '.join(missing)} required (golden --checkpoint DIR "
                                 "--tokens IDS --out FILE.npz [--layers A-B])")
         refuse("--profile")
+        from . import outputs
+        outputs.check_file(args.out, force=bool(args.force), what="an .npz file",
+                           recognise=outputs.is_npz)
         arrays = golden.make(args.checkpoint, _token_list(args.tokens), args.layers)
-        out = golden.write(args.out, arrays)
+        out = golden.write(args.out, arrays, force=bool(args.force))
         print(f"wrote {out}: {len(arrays)} arrays, {len(arrays['tokens'])} tokens, "
               f"{len(arrays) - 5} per-layer arrays, {_human(out.stat().st_size)}")
     elif args.mode == "verify":
         if len(args.files) != 1 or args.checkpoint is None:
             raise MinigrokError("golden verify: give one file and --checkpoint DIR "
                                 "(golden verify FILE.npz --checkpoint DIR)")
-        refuse("--tokens", "--out", "--layers", "--profile")
+        refuse("--tokens", "--out", "--layers", "--profile", "--force")
         ok, line = golden.verify(args.files[0], args.checkpoint)
         print(line)
         if not ok:
@@ -216,7 +241,7 @@ def cmd_golden(args):
         if len(args.files) != 2:
             raise MinigrokError("golden compare: give two files (golden compare EXPECTED.npz "
                                 "ACTUAL.npz)")
-        refuse("--checkpoint", "--tokens", "--out", "--layers")
+        refuse("--checkpoint", "--tokens", "--out", "--layers", "--force")
         expected, actual = (golden.read(f) for f in args.files)
         rows = golden.compare(expected, actual, args.profile or "float32")
         if not rows:
@@ -248,8 +273,12 @@ def cmd_exercises(args):
             print(name)
         return
     ex = exercises.get(args.name)
+    if args.timeout is not None and not 0 < args.timeout <= exercises.MAX_TIMEOUT:
+        raise MinigrokError(f"--timeout must be more than 0 and at most "
+                            f"{exercises.MAX_TIMEOUT:g} seconds, got {args.timeout:g}")
+    # Either way the check runs in a child process, under the time and memory limits.
     if args.reference:
-        ok = exercises.check(ex.name, ex.reference)
+        ok = exercises.check(ex.name, reference=True, timeout=args.timeout)
     else:
         path = Path(args.file) if args.file else exercises.stub_path(ex.name)
         if not args.file and not path.is_file():
@@ -257,19 +286,31 @@ def cmd_exercises(args):
                 f"--file is required: the exercise stubs are not beside this installation of "
                 f"minigrok (no {path}); copy lessons/exercises/{ex.name}.py from the "
                 f"repository, fill it in, and pass --file path/to/{ex.name}.py")
-        ok = exercises.check(ex.name, path=path)
+        ok = exercises.check(ex.name, path=path, timeout=args.timeout)
     if not ok:
         raise SystemExit(1)
 
 
 def cmd_tokenize(args):
-    from .formats.tokenizer import encode, find_tokenizer, load_tokenizer
+    from .formats.tokenizer import check_text, encode, find_tokenizer, load_tokenizer
 
+    check_text(args.text)                # before the tokenizer is looked for and read
     sp = load_tokenizer(find_tokenizer(args.tokenizer, args.checkpoint))
     ids = encode(sp, args.text)
     print(",".join(str(i) for i in ids))
     for i in ids:
         print(f"{i:>7}  {sp.id_to_piece(i)!r}")
+
+
+def _seed(text: str) -> int:
+    """--seed: numpy's generators take whole numbers >= 0 only."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = None
+    if seed is None or seed < 0:
+        raise argparse.ArgumentTypeError(f"a whole number >= 0, got {text[:24]!a}")
+    return seed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -294,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("make-checkpoint", help="write a random checkpoint in the official format")
     s.add_argument("--preset", required=True, help="tiny or grok-1")
     s.add_argument("--out", required=True, help="directory to create (holds ckpt-0/ and config.json)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0, help="a whole number >= 0 (default 0)")
     s.add_argument("--num-layers", type=int, default=None, help="layers to write (default: the preset's)")
     s.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     s.set_defaults(func=cmd_make_checkpoint)
@@ -313,9 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", help="prompt text (encoded without BOS, as the official runner)")
     g.add_argument("--prompt-tokens", help="prompt as comma-separated token ids, e.g. 1,2,3")
     s.add_argument("--max-new-tokens", type=int, default=32)
-    s.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    # NaN and inf parse as floats; check_settings refuses them before anything is loaded.
+    s.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default) is greedy; otherwise a finite number above 0")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0, help="a whole number >= 0 (default 0)")
     _device_arguments(s)
     s.add_argument("--tokenizer", help="path of tokenizer.model")
     s.set_defaults(func=cmd_generate)
@@ -324,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 5,17,300")
     s.add_argument("--out", required=True, help="output .npy file")
+    s.add_argument("--force", action="store_true", help="replace an existing .npy file")
     _device_arguments(s)
     s.set_defaults(func=cmd_logits)
 
@@ -343,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "golden", help="golden vectors: every intermediate as .npz; verify; compare",
-        usage="minigrok golden --checkpoint DIR --tokens IDS --out FILE.npz [--layers A-B]\n"
+        usage="minigrok golden --checkpoint DIR --tokens IDS --out FILE.npz [--layers A-B] "
+              "[--force]\n"
               "       minigrok golden verify FILE.npz --checkpoint DIR\n"
               "       minigrok golden compare EXPECTED.npz ACTUAL.npz [--profile P]",
         description="Write, check or compare golden vectors (docs/golden-format.md).")
@@ -353,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="checkpoint folder (write, verify)")
     s.add_argument("--tokens", help="comma-separated token ids, e.g. 5,17,300 (write)")
     s.add_argument("--out", help="output .npz file (write)")
+    s.add_argument("--force", action="store_true", default=None,
+                   help="replace an existing .npz file (write)")
     s.add_argument("--layers", help="only these layers' stages, A-B inclusive (write)")
     s.add_argument("--profile", choices=("float32", "bfloat16"),
                    help="tolerances for compare: float32 (default) or bfloat16 ports")
@@ -369,15 +416,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--file", help="the student's file (default: lessons/exercises/NAME.py)")
     w.add_argument("--reference", action="store_true",
                    help="check minigrok's own implementation instead (it must pass)")
+    c.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="time limit for the whole check (default: the exercise's, 60 s); the "
+                        "code checked runs in a child process that is killed at the limit")
     s.set_defaults(func=cmd_exercises)
     return p
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    warnings.formatwarning = lambda message, *_: f"minigrok: warning: {message}\n"
+    # Ctrl-C is one line and exit code 130 at any point: while the parser is built and the
+    # arguments read too, and while a command imports numpy (which takes a while).
     try:
+        warnings.formatwarning = lambda message, *_: f"minigrok: warning: {message}\n"
+        parser = build_parser()
+        args = parser.parse_args(argv)
         args.func(args)
     except MinigrokError as e:
         print(f"minigrok: error: {e}", file=sys.stderr)
@@ -386,5 +438,11 @@ def main(argv=None) -> int:
         print("minigrok: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # The reader went away (| head): flushing stdout at exit would fail again and print
+        # "Exception ignored"; point it at /dev/null instead.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):        # a stdout without a descriptor (tests)
+            pass
         return 0
     return 0

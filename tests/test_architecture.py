@@ -4,7 +4,7 @@ way only (docs/architecture.md).
 Every import in minigrok/ is read with ``ast``, at the top of a module and inside functions
 alike, and resolved to the module it names. The rules:
 
-* base (errors, environment) imports nothing else of minigrok;
+* base (errors, environment, outputs) imports nothing else of minigrok but base;
 * reference (the model's math) imports base and reference only;
 * formats (checkpoints, tokenizer) adds reference;
 * engine (kernels, threads, placement, streaming) adds formats;
@@ -42,7 +42,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ("reference", "formats", "engine", "exercises"):
         return parts[1]
-    if module in ("minigrok.errors", "minigrok.environment"):
+    if module in ("minigrok.errors", "minigrok.environment", "minigrok.outputs"):
         return "base"
     return "app"
 

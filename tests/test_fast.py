@@ -228,3 +228,18 @@ def test_tf32_parts_are_exact_and_add_up_to_x(values):
 def test_tf32_parts_keep_nan():
     hi, mid, lo = gemv.tf32_parts(np.array([[np.nan, 1.5]], np.float32))
     assert np.isnan(hi[0, 0]) and mid[0, 0] == 0 and lo[0, 0] == 0 and hi[0, 1] == 1.5
+
+
+def test_a_kernel_cache_others_can_write_is_not_loaded(monkeypatch, tmp_path):
+    # Whoever can write the cache can run code in minigrok: such a library is left alone.
+    kernels()
+    monkeypatch.setenv("MINIGROK_CACHE", str(tmp_path))
+    assert native.build_kernel() is not None                     # built, and ours
+    (tmp_path / "native").chmod(0o777)
+    with pytest.warns(UserWarning, match="writable by others or not yours"):
+        assert native.build_kernel() is None
+    (tmp_path / "native").chmod(0o700)
+    library = next((tmp_path / "native").glob("*.so"))
+    library.chmod(0o666)
+    with pytest.warns(UserWarning, match=str(library)):
+        assert native.build_kernel() is None

@@ -6,6 +6,7 @@ only shows from 11 layers on.
 """
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -273,3 +274,33 @@ def test_a_prompt_longer_than_the_context_keeps_its_last_tokens(small):
         cut = list(generate_tokens(small.params, cfg, prompt, max_new_tokens=4))
     assert cut == list(generate_tokens(small.params, cfg, prompt[-8:], max_new_tokens=4))
     assert cut != list(generate_tokens(small.params, cfg, prompt[:8], max_new_tokens=4))
+
+
+@pytest.mark.parametrize("name", ["transformer/decoder_layer_2/rms_norm_2/scale",
+                                  "transformer/decoder_layer_1/multi_head_attention/linear/w",
+                                  "transformer/decoder_layer_0/router/w",
+                                  "language_model/in_out_embed/embeddings",
+                                  "language_model/rms_norm/scale"])
+def test_a_nan_weight_is_named_on_the_first_forward(small_dir, tmp_path, name):
+    # (A NaN in an expert that no token chooses changes nothing, and is not reported.)
+    from minigrok.formats import safepickle
+    from minigrok.formats.checkpoint import tensor_file, tensor_specs
+    from minigrok.reference.config import load_config
+
+    copy = shutil.copytree(small_dir, tmp_path / "copy")
+    specs = tensor_specs(load_config(copy))
+    path = copy / "ckpt-0" / tensor_file(next(i for i, s in enumerate(specs) if s.name == name))
+    held = safepickle.load(path)
+    values = np.asarray(held.scales if hasattr(held, "scales") else held)
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(values.tobytes())                  # where the array's bytes lie
+    # row 5 (token 5's, in the embeddings), column 3
+    k = values.itemsize * (5 * values.shape[-1] + 3 if values.ndim > 1 else 3)
+    nan = np.array([0x7FC0], np.uint16) if values.itemsize == 2 else np.array([np.nan], np.float32)
+    data[at + k:at + k + values.itemsize] = nan.tobytes()
+    path.write_bytes(bytes(data))
+    m = minigrok.load(copy)
+    with pytest.raises(MinigrokError, match=f"^{name}: holds a NaN or an infinity"):
+        m.logits([5, 17, 300])
+    with pytest.raises(MinigrokError, match=f"^{name}: holds a NaN"):
+        list(m.generate_ids([5, 17, 300], max_new_tokens=2))

@@ -30,6 +30,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
@@ -61,6 +62,19 @@ def _cpu_id() -> str:
         return platform.machine() + platform.processor()
 
 
+def _trusted(path) -> bool:
+    """Whether loading ``path`` runs only this user's code: it and its folder belong to this
+    user and nobody else may write them. (Whoever can write the kernel cache can run code in
+    every minigrok process that loads from it.)"""
+    for p in (path, os.path.dirname(path)):
+        st = os.stat(p)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            warnings.warn(f"not loading the compiled kernel {path}: {p} is writable by others "
+                          "or not yours; using numpy's int8 product instead")
+            return False
+    return True
+
+
 def build_kernel(portable: bool = False):
     """Compile kernels/int8_matmul.c into the cache (once per source, compiler and CPU) and
     load it: the ctypes function, or None where nothing compiles. ``native_kernel`` keeps
@@ -76,7 +90,7 @@ def build_kernel(portable: bool = False):
         path = folder / f"int8_matmul-{key.hexdigest()[:16]}.so"
         if not path.exists():
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
                 # Built under a temporary name, renamed when whole: a concurrent process sees
                 # either no library or a complete one.
                 with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -88,6 +102,8 @@ def build_kernel(portable: bool = False):
             except (OSError, subprocess.SubprocessError):
                 continue
         try:
+            if not _trusted(path):
+                return None
             fn = ctypes.CDLL(str(path)).int8_matmul
         except (OSError, AttributeError):
             continue

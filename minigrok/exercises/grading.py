@@ -12,6 +12,7 @@ exercise modules build their properties from.
 import dataclasses
 import importlib.util
 import os
+import reprlib
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -70,6 +71,7 @@ class Exercise:
     atol: float = 1e-5
     compare: Callable | None = None            # (exercise, got, want, case) -> None or Failed
     run: Callable | None = None                # (exercise, fn, case) -> arrays to diagnose by
+    timeout: float = 60.0                      # seconds for a whole check of a student's file
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -146,9 +148,17 @@ def results(ex: Exercise, out, case):
         raise Failed([f"{ex.function}() must return {len(ex.outputs)} results "
                       f"({', '.join(ex.outputs)}), got {type(out).__name__}"], case)
     try:
-        return [np.asarray(o) for o in out]
+        arrays = [np.asarray(o) for o in out]
     except Exception as e:
         raise Failed([f"{ex.function}() returned something that is not an array ({e})"], case)
+    # A str or an object array would pass the shape check (a str has shape []) and then
+    # break the comparison with minigrok's numbers: say what it is instead.
+    for name, o, a in zip(ex.outputs, out, arrays):
+        if a.dtype.kind not in "biufc":
+            what = reprlib.repr(o) if len(ex.outputs) == 1 else f"{reprlib.repr(o)} for {name}"
+            raise Failed([f"your {ex.function}() returned a {type(o).__name__} ({what}), not "
+                          f"an array of numbers"], case)
+    return arrays
 
 
 def close(name: str, got, want, rtol: float, atol: float, case, hint_lines=()):
@@ -322,22 +332,42 @@ def _run_property(ex: Exercise, prop: Property, fn, strategy):
     return None
 
 
-def run_check(ex: Exercise, fn=None, *, path=None, stub: Path | None = None, write=print) -> bool:
+def _source(ex: Exercise, path) -> str:
+    return _shown(Path(path)) if path is not None else f"minigrok ({ex.solution})"
+
+
+def header(ex: Exercise, path) -> list[str]:
+    """The lines a check starts with (``path`` None: minigrok's own function)."""
+    return [f"exercise {ex.name}: {ex.title}", f"checking {ex.function}() from "
+            f"{_source(ex, path)}", ""]
+
+
+def again_command(ex: Exercise, path, stub: Path | None) -> str:
+    """The command that checks ``path`` again (no --file for the stub itself)."""
+    again = f"python -m minigrok exercises check {ex.name}"
+    if path is not None and (stub is None or Path(path).resolve() != stub.resolve()):
+        again += f" --file {_source(ex, path)}"
+    return again
+
+
+def run_check(ex: Exercise, fn=None, *, path=None, stub: Path | None = None, write=print,
+              show_header: bool = True) -> bool:
     """Check the student's function (or ``fn``) for ``ex``; print the feedback.
 
     Returns True when every property holds. ``path`` is the student's file (for messages
     and to load ``fn`` from when ``fn`` is None); ``stub`` is the exercise's stub, where
-    the "run again" line needs no --file.
+    the "run again" line needs no --file. This runs ``fn`` in this process, with no time
+    limit: isolated.py runs a student's file in a child process that calls this with
+    ``show_header=False`` (the parent writes the header, so it is there whatever the
+    child does).
     """
     if fn is None and not Path(path).is_file():
         raise MinigrokError(f"{path}: no such file")
-    source = _shown(Path(path)) if path is not None else f"minigrok ({ex.solution})"
-    again = f"python -m minigrok exercises check {ex.name}"
-    if path is not None and (stub is None or Path(path).resolve() != stub.resolve()):
-        again += f" --file {source}"
-    write(f"exercise {ex.name}: {ex.title}")
-    write(f"checking {ex.function}() from {source}")
-    write("")
+    source = _source(ex, path)
+    again = again_command(ex, path, stub)
+    if show_header:
+        for line in header(ex, path):
+            write(line)
     try:
         if fn is None:
             fn = load_student(ex, path)

@@ -14,11 +14,13 @@ in seconds and only the pages a computation touches are ever read.
 
 import math
 import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from ..environment import file_kind
 from ..errors import CheckpointError, MinigrokError
 from ..reference.config import CONFIG_FILE, ROW_BLOCKS, Config, load_config
 from ..reference.quant import QuantizedWeight8bit
@@ -154,6 +156,8 @@ def open_checkpoint(path) -> Checkpoint:
     ckpt = root / CKPT_DIR
     expected = [tensor_file(i) for i in range(len(specs))]
     problems, to_fetch = download_problems(ckpt, specs)
+    if len(problems) > MAX_LISTED:     # one line a reader can take in, whatever the count
+        problems = problems[:MAX_LISTED - 1] + [f"and {len(problems) - MAX_LISTED + 1} more"]
     if problems:
         where = f"config {root / CONFIG_FILE}" if (root / CONFIG_FILE).exists() else \
             "no config.json: assuming the full Grok-1 config"
@@ -182,12 +186,17 @@ def layer_bytes(cfg: Config) -> int:
     return sum(tensor_bytes(spec) for spec in layer_specs(cfg, 0))
 
 
+MAX_LISTED = 12     # problems named in open_checkpoint's message; the rest are counted
+
+
 def download_problems(ckpt: Path, specs) -> tuple[list[str], int]:
     """Every way ``ckpt``'s files differ from a complete download, one 'file: problem' each:
     missing files (with the bytes their arrays take), short ones (smaller than their arrays'
-    bytes alone and cut off: a transfer that stopped) and unexpected ones; and the bytes the
-    missing and short files hold at least. Reads sizes, and the opcodes of files too small, so
-    that a partial download is named in one message before any file is loaded."""
+    bytes alone and cut off: a transfer that stopped), ones that are no regular file (a FIFO,
+    a device, a dangling link: reading them would hang or never end) and unexpected ones;
+    and the bytes the missing and short files hold at least. Reads sizes, and the opcodes of
+    files too small, so that a partial download is named in one message before any file is
+    loaded."""
     expected = {tensor_file(i): spec for i, spec in enumerate(specs)}
     try:
         present = {e.name: e for e in os.scandir(ckpt) if e.name.startswith("tensor")}
@@ -200,7 +209,15 @@ def download_problems(ckpt: Path, specs) -> tuple[list[str], int]:
             problems.append(f"{name}: missing ({_human(need)})")
             to_fetch += need
             continue
-        size = present[name].stat().st_size
+        try:
+            st = present[name].stat()                       # through a link, as open does
+        except OSError as e:
+            problems.append(f"{name}: cannot read: {e.strerror or e}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{name}: not a regular file ({file_kind(st.st_mode)})")
+            continue
+        size = st.st_size
         # Smaller than its arrays and cut off mid-pickle: a transfer that stopped. (A whole
         # pickle of another tensor is left to the shape check, which names both.)
         if size < need and safepickle.survey(ckpt / name)["holds"].startswith(

@@ -15,7 +15,7 @@ Grok-1 layer takes 89 s and 1.7 GB of memory on 2 cores (144 s and 1.3 GB one fi
 
 import math
 import os
-import shutil
+import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..environment import num_threads
-from ..errors import MinigrokError
+from ..outputs import replace_dir
 from ..reference.config import CONFIG_FILE, Config, to_json
 from ..reference.quant import quantize
 from . import pickle_writer
@@ -31,6 +31,7 @@ from .checkpoint import CKPT_DIR, tensor_file, tensor_specs
 
 _COLUMNS = 2048          # columns of one expert quantised at a time (fixes the random stream)
 _ROWS = 8192             # rows of a float32 tensor written at a time
+_TENSOR_FILE = re.compile(r"tensor\d{5}_\d{3}")
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -117,25 +118,37 @@ def write_tensor(path: Path, spec, seed: int, post_norm: float = POST_NORM):
         pickle_writer.dump(value, f)
 
 
+def written_by_minigrok(path) -> bool:
+    """Whether folder ``path`` holds exactly what make_checkpoint writes: ``config.json`` and
+    ``ckpt-0/`` of tensor files, nothing else and no links. Only such a folder is replaced
+    by --force: a download (no config.json) or a folder of other things never is."""
+    with os.scandir(path) as it:
+        entries = {e.name: e for e in it}
+    if set(entries) != {CKPT_DIR, CONFIG_FILE}:
+        return False
+    if not (entries[CONFIG_FILE].is_file(follow_symlinks=False)
+            and entries[CKPT_DIR].is_dir(follow_symlinks=False)):
+        return False
+    with os.scandir(Path(path) / CKPT_DIR) as it:
+        return all(_TENSOR_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                   for e in it)
+
+
 def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progress=None,
                     post_norm: float = POST_NORM) -> Path:
     """Write a random checkpoint for ``cfg`` into ``out`` (``out/ckpt-0/``, ``out/config.json``).
 
-    Writes into a temporary sibling folder and renames it at the end, so ``out`` is either
-    the old checkpoint or the complete new one, never half of each. An existing ``out``
-    that is not empty is refused unless ``force``. ``post_norm``: the centre of the post-norm
-    scales (see POST_NORM).
+    Written by outputs.replace_dir: into a temporary sibling folder renamed at the end, so
+    ``out`` is either the old checkpoint or the complete new one, never half of each or
+    neither. An existing ``out`` that is not empty is refused unless ``force``, and even then
+    replaced only where it is a checkpoint minigrok wrote (written_by_minigrok).
+    ``post_norm``: the centre of the post-norm scales (see POST_NORM).
     """
-    out = Path(out).expanduser()
     cfg.validate()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise MinigrokError(f"{out}: already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / CKPT_DIR).mkdir(parents=True)
-        specs = tensor_specs(cfg)
+    specs = tensor_specs(cfg)
+
+    def fill(tmp: Path):
+        (tmp / CKPT_DIR).mkdir()
         # Every file draws from its own generators, so files are written side by side, byte
         # for byte as one after the other (numpy's generators, casts and writes release the
         # GIL). Up to 8 at a time (one per core): each holds under 1 GB at full width.
@@ -151,12 +164,7 @@ def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progre
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         (tmp / CONFIG_FILE).write_text(to_json(cfg))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return replace_dir(out, fill, force=force, recognise=written_by_minigrok,
+                       what="a checkpoint minigrok wrote (ckpt-0/ of tensor files and "
+                            "config.json, nothing else)")

@@ -21,6 +21,7 @@ import struct
 
 import numpy as np
 
+from ..environment import open_regular
 from ..errors import CheckpointError
 from ..reference.quant import QuantizedWeight8bit
 
@@ -125,6 +126,17 @@ def _kind(v):
     n = {_Global: "global", _Bytes: "bytes value", _Dtype: "dtype", _Array: "array",
          _QW: "QuantizedWeight8bit", type(None): "None"}.get(type(v), type(v).__name__)
     return ("an " if n[0] in "aeiou" else "a ") + n
+
+
+def _brief(v, limit: int = 20) -> str:
+    """A value from the file for a message: a str as ASCII of its first ``limit`` characters,
+    anything else by its kind. Never a repr or str of the value itself: four bytes (a memo
+    GET, TUPLE2, MEMOIZE) make a tuple that holds the one before it twice, doubling its repr,
+    so a pickle of 200 bytes holds a tuple whose repr is 2**50 characters long (and a str
+    may be as long as the file)."""
+    if type(v) is str:
+        return ascii(v[:limit]) + ("..." if len(v) > limit else "")
+    return _kind(v)
 
 
 def _shape(v, what="shape"):
@@ -264,8 +276,10 @@ class _Parser:
         """What STOP returns, checked: a built array or a complete QuantizedWeight8bit."""
         if isinstance(v, _QW):
             if set(v.state) != {"weight", "scales"}:
-                raise _Bad(f"QuantizedWeight8bit has fields {sorted(v.state)}, "
-                           "not ['scales', 'weight']")
+                names = sorted(v.state)
+                shown = ", ".join(_brief(k) for k in names[:4]) + (", ..." if len(names) > 4
+                                                                   else "")
+                raise _Bad(f"QuantizedWeight8bit has fields [{shown}], not ['scales', 'weight']")
             for k in ("weight", "scales"):
                 self.finish_array(v.state[k], f"QuantizedWeight8bit.{k}")
         else:
@@ -310,17 +324,20 @@ def load(path):
     """
     name = os.path.basename(os.fspath(path))
     try:
-        with open(path, "rb") as f:
+        # A regular file only, checked on the descriptor (a FIFO or a device would hang or
+        # never end), and mapped through that same descriptor, so that what was checked and
+        # parsed is what gets mapped, even if the name is replaced meanwhile.
+        with open(open_regular(path), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             v = _Parser(f, size, name, _report_hint(path)).run()
+            try:
+                # Map the whole file once: one mapping (and one descriptor) per file, however
+                # many arrays it holds.
+                mm = np.memmap(f, dtype=np.uint8, mode="r", shape=(size,))
+            except (OSError, ValueError) as e:     # e.g. the file shrank since it was parsed
+                raise CheckpointError(f"{name}: byte 0: cannot map: {e}") from None
     except OSError as e:
         raise CheckpointError(f"{name}: byte 0: cannot read: {e.strerror or e}") from None
-    try:
-        # Map the whole file once: one mapping (and one descriptor) per file, however
-        # many arrays it holds.
-        mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
-    except (OSError, ValueError) as e:     # e.g. the file shrank since it was parsed
-        raise CheckpointError(f"{name}: byte 0: cannot map: {e}") from None
     return _materialise(v, mm)
 
 
@@ -343,7 +360,7 @@ def survey(path) -> dict:
     be read, "payload_bytes": the bytes of its arrays, "file_bytes"}."""
     name = os.path.basename(os.fspath(path))
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path), "rb") as f:       # regular files only, as load()
             size = os.fstat(f.fileno()).st_size
             p = _Parser(f, size, name)
             try:
@@ -479,7 +496,7 @@ def _setitems_op(p):
 # globals: looked up in the whitelist, never imported
 
 def _global(p, module, name):
-    label = ascii(f"{module}.{name}"[:200])
+    label = ascii(f"{module[:200]}.{name[:200]}"[:200])
     p.globals.append(label[1:-1])
     role = _GLOBALS.get((module, name))
     if role is None:
@@ -545,8 +562,7 @@ def _reduce(p):
         elif type(t) is str and (t[1:] if t[:1] in ("<", ">", "=") else t) in _DTYPE_NAMES:
             p.push(_Dtype(np.dtype(t), False))
         else:
-            raise _Bad(f"numpy.dtype of {ascii(t)[:40] if type(t) is str else _kind(t)} "
-                       "is not allowed")
+            raise _Bad(f"numpy.dtype of {_brief(t)} is not allowed")
     elif role == "frombuffer":       # protocol 5: _frombuffer(buf, dtype, shape, order[, axes])
         if n not in (4, 5):
             raise _Bad(f"{fn.label} called with {n} arguments")
@@ -558,7 +574,7 @@ def _reduce(p):
                 raise _Bad(f"axis order {axes} is not a permutation of {len(shape)} axes")
             order = "C"
         elif order not in ("C", "F") or (n == 5 and args[4] is not None):
-            raise _Bad(f"{fn.label} with order {ascii(order)[:10]}")
+            raise _Bad(f"{fn.label} with order {_brief(order)}")
         p.push(_Array(_array_spec(args[0], dtype, shape, order, axes)))
     elif role == "encode":           # protocol 2 bytes: _codecs.encode(str, 'latin1')
         if not (n == 2 and type(args[0]) is str and args[1] == "latin1"):
@@ -597,9 +613,9 @@ def _build(p):
             raise _Bad("dtype BUILD twice or after use")
         order, d = state[1], obj.dtype
         if obj.bf16 and order not in ("<", "="):
-            raise _Bad(f"bfloat16 with byte order {ascii(order)[:10]}")
+            raise _Bad(f"bfloat16 with byte order {_brief(order)}")
         if order not in ("<", ">", "=", "|") or (order == "|" and d.itemsize > 1):
-            raise _Bad(f"dtype {d} with byte order {ascii(order)[:10]}")
+            raise _Bad(f"dtype {d} with byte order {_brief(order)}")
         if not obj.bf16 and order != "|":
             obj.dtype = d.newbyteorder(order)
         obj.built = True

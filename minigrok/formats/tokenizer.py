@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from ..environment import cache_dir
+from ..environment import cache_dir, read_small
 from ..errors import MinigrokError
 
 TOKENIZER_NAME = "tokenizer.model"
@@ -48,7 +48,8 @@ def find_tokenizer(explicit=None, checkpoint_dir=None, *, download=None,
         if given:
             path = Path(given).expanduser()
             if not path.is_file():
-                raise MinigrokError(f"tokenizer not found: {path} (from {what})")
+                problem = "is not a regular file" if path.exists() else "not found"
+                raise MinigrokError(f"tokenizer {problem}: {path} (from {what})")
             return path
 
     candidates = []
@@ -102,20 +103,61 @@ def download_tokenizer(dest, *, url: str = TOKENIZER_URL, sha256: str = TOKENIZE
             Path(tmp).unlink(missing_ok=True)
 
 
+# Grok-1's tokenizer.model is 2.2 MB; a larger file is not a tokenizer, and is never read whole.
+MAX_TOKENIZER_BYTES = 64 << 20
+
+
 def load_tokenizer(path):
-    """A ``sentencepiece.SentencePieceProcessor`` for the model file at ``path``."""
+    """A ``sentencepiece.SentencePieceProcessor`` for the model file at ``path``.
+
+    The bytes are read here, from a regular file of at most MAX_TOKENIZER_BYTES (a FIFO
+    or a device is refused, not waited on), and handed to SentencePiece as a string.
+    """
     import sentencepiece  # imported here so the rest of minigrok works without it
 
     path = Path(path)
     try:
-        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+        proto = read_small(path, MAX_TOKENIZER_BYTES)
+    except OSError as e:
+        raise MinigrokError(f"cannot load tokenizer {path}: {e.strerror or e}") from None
+    try:
+        sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
     except (OSError, RuntimeError) as e:
-        raise MinigrokError(f"cannot load tokenizer {path}: {e}") from e
+        raise MinigrokError(f"cannot load tokenizer {path}: not a SentencePiece model "
+                            f"({ascii(str(e).strip())[1:-1][:160]})") from None
+    if sp.get_piece_size() == 0:       # what SentencePiece makes of an empty file
+        raise MinigrokError(f"cannot load tokenizer {path}: not a SentencePiece model "
+                            "(no pieces)")
+    return sp
+
+
+def check_vocab(sp, vocab_size: int) -> None:
+    """A MinigrokError unless the tokenizer can spell every id the model can produce: one
+    with fewer pieces than the model's vocab_size is another model's (or a cut-off file)."""
+    pieces = sp.get_piece_size()
+    if pieces < vocab_size:
+        raise MinigrokError(f"the tokenizer has {pieces:,} pieces, fewer than the model's "
+                            f"vocab_size of {vocab_size:,}: it is not this model's tokenizer "
+                            "(Grok-1's has 131,072; see --tokenizer)")
+
+
+def check_text(text: str, what: str = "the text") -> str:
+    """``text`` if it can be encoded as UTF-8; else a MinigrokError naming the first bad
+    character. Command-line arguments that are not valid UTF-8 reach Python as lone
+    surrogates (U+DC80 to U+DCFF stand for the bytes 0x80 to 0xFF)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise MinigrokError(f"{what} is not valid UTF-8: {bad} at character {e.start}") \
+            from None
+    return text
 
 
 def encode(sp, text: str) -> list[int]:
     """Token ids of ``text``, without BOS, exactly as the official runner encodes a prompt."""
-    return list(sp.encode(text))
+    return list(sp.encode(check_text(text)))
 
 
 def decode(sp, ids) -> str:

@@ -16,18 +16,30 @@ from .model import forward
 from .sampling import check_settings, sample_token
 
 
-def check_tokens(ids, vocab_size: int) -> list[int]:
-    """Token ids as a list of ints, each in [0, vocab_size); a clear error otherwise."""
+def check_tokens(ids, vocab_size: int, sequence_len: int | None = None) -> list[int]:
+    """Token ids as a list of ints, each in [0, vocab_size); a clear error otherwise.
+
+    With ``sequence_len`` (the model's context), more ids than that is an error too, naming
+    both numbers: the full-sequence commands (logits, golden) have no prompt to shorten.
+    (generate_tokens keeps a long prompt's last tokens instead, with a warning.)
+    """
     ids = list(ids)
     if not ids:
         raise MinigrokError("no tokens: give at least one token id")
     if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
         bad = next(i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool))
-        raise MinigrokError(f"token ids must be integers, got {bad!r}")
+        shown = ascii(bad[:40]) if isinstance(bad, str) else \
+            ascii(bad) if isinstance(bad, float) else type(bad).__name__
+        raise MinigrokError(f"token ids must be integers, got {shown}")
     ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise MinigrokError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+        shown = str(bad[0]) if abs(bad[0]) < 10**30 else \
+            f"{'-' if bad[0] < 0 else ''}<a {bad[0].bit_length()}-bit number>"
+        raise MinigrokError(f"token id {shown} is outside the vocabulary [0, {vocab_size})")
+    if sequence_len is not None and len(ids) > sequence_len:
+        raise MinigrokError(f"{len(ids)} tokens do not fit the model's context of "
+                            f"{sequence_len} tokens (sequence_len in config.json)")
     return ids
 
 
@@ -43,7 +55,7 @@ def generate_tokens(params, cfg, prompt, *, max_new_tokens: int, temperature: fl
     if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens < cfg.sequence_len:
         raise MinigrokError(f"max_new_tokens must be between 0 and {cfg.sequence_len - 1} "
                             f"(the context is {cfg.sequence_len}), got {max_new_tokens}")
-    check_settings(temperature, top_p)
+    check_settings(temperature, top_p, seed)
     room = cfg.sequence_len - max_new_tokens
     if len(prompt) > room:
         warnings.warn(f"prompt of {len(prompt)} tokens does not fit the {cfg.sequence_len}-token "

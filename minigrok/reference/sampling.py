@@ -72,12 +72,18 @@ def top_p_filter(logits, top_p):
     return xp.where(logits >= threshold, logits, xp.float32(FILTERED_LOGIT))
 
 
-def check_settings(temperature: float, top_p: float) -> None:
-    """A MinigrokError naming the argument unless temperature >= 0 and top_p in (0, 1]."""
+def check_settings(temperature: float, top_p: float, seed=0) -> None:
+    """A MinigrokError naming the argument unless temperature >= 0 and finite, top_p in
+    (0, 1] (NaN is neither) and seed a whole number >= 0 (what numpy's generator takes)."""
     if not (isinstance(temperature, (int, float, np.number)) and math.isfinite(temperature)
             and temperature >= 0):
         raise MinigrokError(f"temperature must be a finite number >= 0, got {temperature}")
     _check_top_p(top_p)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise MinigrokError(f"seed must be a whole number >= 0, got a {type(seed).__name__}")
+    if seed < 0:
+        shown = seed if seed > -10**30 else "a negative number"
+        raise MinigrokError(f"seed must be a whole number >= 0, got {shown}")
 
 
 def sample_token(logits, temperature: float, top_p: float, rng: np.random.Generator):

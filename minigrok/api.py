@@ -1,5 +1,6 @@
 """The Python API: ``m = minigrok.load(path); m.logits(ids); m.generate("text")``."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from .engine import runtime
 from .engine.devices import backend
-from .environment import cache_dir
+from .environment import CACHE_ENV, cache_dir, ensure_cache_dir
 from .errors import MinigrokError
 from .formats import tokenizer as tok
 from .formats.checkpoint import (CKPT_DIR, EMBEDDINGS, FINAL_NORM, layer_prefix, model_params,
@@ -25,6 +26,12 @@ def default_checkpoint(notice=sys.stderr) -> Path:
     """The built-in ``tiny`` checkpoint, written into the cache the first time it is needed."""
     path = cache_dir() / f"{DEFAULT_PRESET}-recipe{RECIPE}-seed0"
     if not (path / CKPT_DIR).is_dir():
+        # Checked before the notice, so that a cache that cannot take it is the only line.
+        folder = ensure_cache_dir()
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise MinigrokError(f"cache folder {folder}: not writable, and the built-in "
+                                f"checkpoint is not in it yet (set {CACHE_ENV} to a writable "
+                                "folder, or pass --checkpoint)")
         if notice:
             print(f"minigrok: writing the built-in {DEFAULT_PRESET} checkpoint to {path} "
                   "(once)", file=notice)

@@ -265,6 +265,19 @@ def cmd_golden(args):
         raise SystemExit(1)
 
 
+def cmd_export(args):
+    from .export.hf import export, progress_line
+
+    progress = progress_line(sys.stderr) if sys.stderr.isatty() else None
+    t0 = time.perf_counter()
+    out = export(args.checkpoint, args.out, args.format, args.dtype, args.shard_gb,
+                 force=args.force, tokenizer=args.tokenizer, progress=progress)
+    if progress:
+        print(file=sys.stderr)
+    print(f"wrote {out} ({args.format} layout, {args.dtype}) in "
+          f"{time.perf_counter() - t0:.1f} s")
+
+
 def cmd_exercises(args):
     from . import exercises
 
@@ -404,6 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=("float32", "bfloat16"),
                    help="tolerances for compare: float32 (default) or bfloat16 ports")
     s.set_defaults(func=cmd_golden)
+
+    s = sub.add_parser("export", help="write a checkpoint as Hugging Face safetensors "
+                       "(vLLM, SGLang; docs/export.md)")
+    s.add_argument("--checkpoint", required=True, help="folder holding ckpt-0/")
+    s.add_argument("--format", default="hf", choices=("hf", "sglang"),
+                   help="hf: the Hugging Face port's names, which vLLM loads (default); "
+                        "sglang: SGLang's names")
+    s.add_argument("--out", required=True, help="folder to create")
+    s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    s.add_argument("--shard-gb", type=float, default=5.0, help="GB per safetensors file")
+    s.add_argument("--tokenizer", help="path of tokenizer.model (default: as generate finds it)")
+    s.add_argument("--force", action="store_true", help="replace an earlier export")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("exercises", help="classroom exercises: list them, check a solution",
                        description="Exercises: write one Grok-1 step in lessons/exercises/NAME.py, "

@@ -9,6 +9,7 @@ alike, and resolved to the module it names. The rules:
 * formats (checkpoints, tokenizer) adds reference;
 * engine (kernels, threads, placement, streaming) adds formats;
 * exercises (the grader, a client of the reference) imports base and reference only;
+* export (writing checkpoints for other engines) imports base, reference and formats;
 * the application (api, cli, bench, golden, the package itself) may import anything;
 * nothing but the application imports the engine, and no module imports itself back
   through others (no cycle).
@@ -26,7 +27,8 @@ ALLOWED = {
     "formats": {"base", "reference", "formats"},
     "engine": {"base", "reference", "formats", "engine"},
     "exercises": {"base", "reference", "exercises"},
-    "app": {"base", "reference", "formats", "engine", "exercises", "app"},
+    "export": {"base", "reference", "formats", "export"},
+    "app": {"base", "reference", "formats", "engine", "exercises", "export", "app"},
 }
 
 
@@ -40,7 +42,8 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ("reference", "formats", "engine", "exercises"):
+    if len(parts) > 1 and parts[1] in ("reference", "formats", "engine", "exercises",
+                                       "export"):
         return parts[1]
     if module in ("minigrok.errors", "minigrok.environment", "minigrok.outputs"):
         return "base"

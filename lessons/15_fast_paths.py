@@ -43,7 +43,7 @@ import time
 
 import _common as C
 import numpy as np
-from minigrok.engine import cpu, decode, gemv, native
+from minigrok.engine import cpu, gemv, native
 from minigrok.engine.placement import plan, reserve_bytes
 from minigrok.environment import num_threads
 from minigrok.formats.checkpoint import layer_bytes

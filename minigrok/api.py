@@ -74,7 +74,11 @@ class Model:
         checkpoint, in the cache, or downloaded)."""
         if self._sp is None:
             path = tok.find_tokenizer(self._tokenizer_path, self.checkpoint.root)
-            self._sp = tok.load_tokenizer(path)
+            sp = tok.load_tokenizer(path)
+            # Every id the model can produce must have a piece: a smaller tokenizer is
+            # another model's, and would fail on the first such id, mid-stream.
+            tok.check_vocab(sp, self.config.vocab_size)
+            self._sp = sp
         return self._sp
 
     def encode(self, text: str) -> list[int]:

@@ -15,13 +15,6 @@ from pathlib import Path
 from .errors import MinigrokError
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-
-
 def cmd_make_checkpoint(args):
     from .formats.make_checkpoint import make_checkpoint
     from .reference.config import preset
@@ -58,7 +51,7 @@ def cmd_structure(args):
 
 
 def cmd_inspect(args):
-    from .formats.checkpoint import active_int8_bytes, inspect_rows, open_checkpoint
+    from .formats.checkpoint import active_int8_bytes, human_bytes, inspect_rows, open_checkpoint
 
     if args.structure:
         return cmd_structure(args)
@@ -78,9 +71,9 @@ def cmd_inspect(args):
     print()
     print(f"tensors:        {len(rows)} files, {cfg.num_layers} layers")
     print(f"parameters:     {n_params:,}")
-    print(f"bytes on disk:  {on_disk:,} ({_human(on_disk)})")
-    print(f"per token:      {active:,} int8 weight bytes ({_human(active)}) with top-"
-          f"{cfg.num_selected_experts} of {cfg.num_experts} experts, plus {_human(embed)} of "
+    print(f"bytes on disk:  {on_disk:,} ({human_bytes(on_disk)})")
+    print(f"per token:      {active:,} int8 weight bytes ({human_bytes(active)}) with top-"
+          f"{cfg.num_selected_experts} of {cfg.num_experts} experts, plus {human_bytes(embed)} of "
           f"fp32 embeddings for the logits")
 
 
@@ -100,8 +93,7 @@ def _token_list(text: str) -> list[int]:
 
 def cmd_generate(args):
     from .api import load
-    from .environment import ensure_cache_dir
-    from .formats.tokenizer import check_text, check_vocab, stream_text
+    from .formats.tokenizer import check_text, stream_text
     from .reference.sampling import check_settings
 
     if args.prompt is not None and not args.prompt:
@@ -110,20 +102,9 @@ def cmd_generate(args):
         check_text(args.prompt, "--prompt")
     check_settings(args.temperature, args.top_p, args.seed)
     prompt = _token_list(args.prompt_tokens) if args.prompt is None else None
-    if args.checkpoint is None:          # the built-in checkpoint lives in the cache
-        cache = ensure_cache_dir()
-    try:
-        m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer,
-                 gpu_memory=args.gpu_memory)
-    except OSError as e:
-        if args.checkpoint is not None:
-            raise
-        raise MinigrokError(f"cannot write the built-in checkpoint into the cache folder "
-                            f"{cache}: {e.strerror or e} (set MINIGROK_CACHE to a writable "
-                            "folder, or pass --checkpoint)") from None
-    # Every id the model can produce must have a piece: a smaller tokenizer is another
-    # model's, and would fail on the first such id, mid-stream.
-    check_vocab(m.tokenizer, m.config.vocab_size)
+    m = load(args.checkpoint, device=args.device, tokenizer=args.tokenizer,
+             gpu_memory=args.gpu_memory)
+    m.tokenizer                          # found and checked now, before any text is printed
     if prompt is None:
         prompt = m.encode(args.prompt)
     times = [time.perf_counter()]                # start, then after each new token
@@ -204,6 +185,7 @@ def cmd_bench(args):
 
 def cmd_golden(args):
     from . import golden
+    from .formats.checkpoint import human_bytes
 
     def refuse(*flags):
         for flag in flags:
@@ -227,7 +209,7 @@ def cmd_golden(args):
         arrays = golden.make(args.checkpoint, _token_list(args.tokens), args.layers)
         out = golden.write(args.out, arrays, force=bool(args.force))
         print(f"wrote {out}: {len(arrays)} arrays, {len(arrays['tokens'])} tokens, "
-              f"{len(arrays) - 5} per-layer arrays, {_human(out.stat().st_size)}")
+              f"{len(arrays) - 5} per-layer arrays, {human_bytes(out.stat().st_size)}")
     elif args.mode == "verify":
         if len(args.files) != 1 or args.checkpoint is None:
             raise MinigrokError("golden verify: give one file and --checkpoint DIR "

@@ -161,7 +161,7 @@ def open_checkpoint(path) -> Checkpoint:
     if problems:
         where = f"config {root / CONFIG_FILE}" if (root / CONFIG_FILE).exists() else \
             "no config.json: assuming the full Grok-1 config"
-        fetch = f"; re-fetch just the missing and short files, {_human(to_fetch)} at least" \
+        fetch = f"; re-fetch just the missing and short files, {human_bytes(to_fetch)} at least" \
             if to_fetch else ""
         raise CheckpointError(f"{'; '.join(problems)} ({len(specs)} tensor files expected for "
                               f"{cfg.num_layers} layers, {where}{fetch})")
@@ -206,7 +206,7 @@ def download_problems(ckpt: Path, specs) -> tuple[list[str], int]:
     for name, spec in expected.items():
         need = tensor_bytes(spec)
         if name not in present:
-            problems.append(f"{name}: missing ({_human(need)})")
+            problems.append(f"{name}: missing ({human_bytes(need)})")
             to_fetch += need
             continue
         try:
@@ -254,10 +254,11 @@ def structure(path) -> list[dict]:
     return sorted(layouts.values(), key=lambda layout: -len(layout["files"]))
 
 
-def _human(n: int) -> str:
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+def human_bytes(n: float) -> str:
+    """A byte count for people: '512 B', '33.3 KB', '1.6 GB' (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
 
 

@@ -1,5 +1,6 @@
 """The Python API: ``m = minigrok.load(path); m.logits(ids); m.generate("text")``."""
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -13,18 +14,27 @@ from .errors import MinigrokError
 from .formats import tokenizer as tok
 from .formats.checkpoint import (CKPT_DIR, EMBEDDINGS, FINAL_NORM, layer_prefix, model_params,
                                  open_checkpoint)
-from .formats.make_checkpoint import RECIPE, make_checkpoint
-from .reference.config import preset
+from .formats import compact
+from .formats.make_checkpoint import write_checkpoint
 from .reference.generate import check_tokens, generate_tokens
 from .reference.model import forward
 from .reference.xp import array_module, to_numpy
 
-DEFAULT_PRESET = "tiny"
+# The built-in model: a small Grok-1 trained by ``minigrok train`` (training/), committed in
+# the compact form (formats/compact.py) and written out in the official format on first use.
+BUILTIN = Path(__file__).parent / "data" / "storyteller.npz"
+BUILTIN_NAME = "storyteller"
+BUILTIN_ABOUT = ("a small Grok-1-architecture model (4 layers, width 128, 8 experts, "
+                 "the real tokenizer) trained by `minigrok train` on minigrok's procedural "
+                 "children's stories: it tells such stories and knows nothing else, none of "
+                 "Grok-1's knowledge")
 
 
 def default_checkpoint(notice=sys.stderr) -> Path:
-    """The built-in ``tiny`` checkpoint, written into the cache the first time it is needed."""
-    path = cache_dir() / f"{DEFAULT_PRESET}-recipe{RECIPE}-seed0"
+    """The built-in checkpoint, written into the cache the first time it is needed (its
+    folder is named by the compact file's digest: a new model is never mistaken for the old)."""
+    digest = hashlib.sha256(BUILTIN.read_bytes()).hexdigest()[:12]
+    path = cache_dir() / f"{BUILTIN_NAME}-{digest}"
     if not (path / CKPT_DIR).is_dir():
         # Checked before the notice, so that a cache that cannot take it is the only line.
         folder = ensure_cache_dir()
@@ -33,13 +43,14 @@ def default_checkpoint(notice=sys.stderr) -> Path:
                                 f"checkpoint is not in it yet (set {CACHE_ENV} to a writable "
                                 "folder, or pass --checkpoint)")
         if notice:
-            print(f"minigrok: writing the built-in {DEFAULT_PRESET} checkpoint to {path} "
-                  "(once)", file=notice)
-        make_checkpoint(path, preset(DEFAULT_PRESET), seed=0, force=True)
+            print(f"minigrok: writing the built-in {BUILTIN_NAME} checkpoint to {path} (once)",
+                  file=notice)
+        cfg, vocab, tensors = compact.load(BUILTIN)
+        write_checkpoint(path, cfg, compact.expand(cfg, vocab, tensors), force=True)
     if notice:
-        print(f"minigrok: using the built-in {DEFAULT_PRESET} checkpoint: its weights are random, "
-              "so its text is noise. For the real model, download Grok-1 and pass "
-              "--checkpoint /path/to/checkpoints (see README).", file=notice)
+        print(f"minigrok: using the built-in {BUILTIN_NAME} checkpoint, {BUILTIN_ABOUT}. For "
+              "the real model, download Grok-1 and pass --checkpoint /path/to/checkpoints "
+              "(see README).", file=notice)
     return path
 
 
@@ -162,7 +173,8 @@ def _checked_first_forward(layer_fn, params):
 def load(path=None, device: str = "cpu", tokenizer=None, gpu_memory: float | None = None) -> Model:
     """Open a checkpoint (the folder holding ckpt-0/, or ckpt-0/ itself) on ``device``.
 
-    ``path=None`` uses the built-in tiny checkpoint (random weights), made on first use.
+    ``path=None`` uses the built-in storyteller checkpoint (a small trained Grok-1, see
+    default_checkpoint), written into the cache on first use.
     ``device``: cpu, cuda, cuda:N or cuda:N,M,... (layers split over those GPUs, see
     engine/placement.py); ``gpu_memory`` caps the GiB used per GPU (layers beyond it stream).
     """

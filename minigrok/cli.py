@@ -33,6 +33,25 @@ def cmd_make_checkpoint(args):
           f"in {time.perf_counter() - t0:.1f} s")
 
 
+def cmd_train(args):
+    from .engine.devices import backend
+    from .formats.tokenizer import find_tokenizer, load_tokenizer
+    from .training.trainer import train
+
+    if "," in args.device:
+        raise MinigrokError(f"--device {args.device}: train runs on one device")
+    xp = backend(args.device)
+    sp = load_tokenizer(find_tokenizer(args.tokenizer))
+    m = train(args.out, sp, steps=args.steps, seed=args.seed, xp=xp, resume=args.resume,
+              force=args.force)
+    print(f"trained {m['steps']} steps ({m['tokens']:,} tokens) in {m['seconds']:.0f} s, "
+          f"{m['tokens_per_second']:,.0f} tokens/s")
+    print(f"held-out loss {m['heldout_loss']:.4f} nats/token (int8 as released: "
+          f"{m['heldout_loss_int8']:.4f}; unigram baseline {m['unigram_loss']:.4f})")
+    print(f"wrote {args.out}/checkpoint (official format) and {args.out}/model.npz "
+          f"({m['model_npz_bytes'] / 1e6:.1f} MB)")
+
+
 def cmd_structure(args):
     from .formats.checkpoint import structure
 
@@ -334,6 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-layers", type=int, default=None, help="layers to write (default: the preset's)")
     s.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     s.set_defaults(func=cmd_make_checkpoint)
+
+    s = sub.add_parser("train", help="train the built-in model's recipe (a small Grok-1 on "
+                       "minigrok's stories); resumable")
+    s.add_argument("--out", required=True, help="folder for the run (state, loss curve, model)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: the recipe's, which made the built-in model)")
+    s.add_argument("--seed", type=_seed, default=0, help="a whole number >= 0 (default 0)")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    s.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    s.add_argument("--force", action="store_true", help="start again over an earlier run")
+    s.add_argument("--tokenizer", help="path of tokenizer.model")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("inspect", help="list every tensor of a checkpoint and the totals")
     s.add_argument("--checkpoint", required=True, help="folder holding ckpt-0/ (or ckpt-0/ itself)")

@@ -10,6 +10,7 @@ alike, and resolved to the module it names. The rules:
 * engine (kernels, threads, placement, streaming) adds formats;
 * exercises (the grader, a client of the reference) imports base and reference only;
 * export (writing checkpoints for other engines) imports base, reference and formats;
+* training (the backward pass, the trainer) imports base, reference and formats;
 * the application (api, cli, bench, golden, the package itself) may import anything;
 * nothing but the application imports the engine, and no module imports itself back
   through others (no cycle).
@@ -28,7 +29,8 @@ ALLOWED = {
     "engine": {"base", "reference", "formats", "engine"},
     "exercises": {"base", "reference", "exercises"},
     "export": {"base", "reference", "formats", "export"},
-    "app": {"base", "reference", "formats", "engine", "exercises", "export", "app"},
+    "training": {"base", "reference", "formats", "training"},
+    "app": {"base", "reference", "formats", "engine", "exercises", "export", "training", "app"},
 }
 
 
@@ -43,7 +45,7 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ("reference", "formats", "engine", "exercises",
-                                       "export"):
+                                       "export", "training"):
         return parts[1]
     if module in ("minigrok.errors", "minigrok.environment", "minigrok.outputs"):
         return "base"

@@ -134,6 +134,66 @@ def written_by_minigrok(path) -> bool:
                    for e in it)
 
 
+def _write_files(tmp: Path, cfg: Config, write_one, progress):
+    """``ckpt-0/`` of every tensor of ``cfg``, ``write_one(path, spec)`` for each, up to 8
+    files side by side (each generator or array is its own, numpy releases the GIL), then
+    config.json."""
+    specs = tensor_specs(cfg)
+    (tmp / CKPT_DIR).mkdir()
+    pool = ThreadPoolExecutor(min(num_threads(), 8), thread_name_prefix="minigrok-write")
+    try:
+        jobs = [pool.submit(write_one, tmp / CKPT_DIR / tensor_file(i), spec)
+                for i, spec in enumerate(specs)]
+        for i, job in enumerate(jobs):
+            job.result()
+            if progress:
+                progress(i, len(specs), specs[i].name)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    (tmp / CONFIG_FILE).write_text(to_json(cfg))
+
+
+_RECOGNISE = dict(recognise=written_by_minigrok,
+                  what="a checkpoint minigrok wrote (ckpt-0/ of tensor files and config.json, "
+                       "nothing else)")
+
+
+def write_checkpoint(out, cfg: Config, tensors: dict, force: bool = False,
+                     progress=None) -> Path:
+    """Write given weights into ``out`` in the official format, as make_checkpoint writes
+    random ones (same policy for ``out`` and ``force``).
+
+    tensors: {official name: float32 array or QuantizedWeight8bit (int8 weight, bf16 scale
+    bits)}, exactly the names and shapes checkpoint.tensor_specs(cfg) lists.
+    """
+    cfg.validate()
+    specs = {s.name: s for s in tensor_specs(cfg)}
+    if set(tensors) != set(specs):
+        missing, extra = sorted(set(specs) - set(tensors)), sorted(set(tensors) - set(specs))
+        raise ValueError(f"write_checkpoint: missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, spec in specs.items():
+        t = tensors[name]
+        got = (tuple(t.weight.shape), tuple(t.scales.shape)) if spec.scales else (t.shape, None)
+        if got != (spec.shape, spec.scales):
+            raise ValueError(f"write_checkpoint: {name} is {got}, expected "
+                             f"{(spec.shape, spec.scales)}")
+
+    def write_one(path: Path, spec):
+        t = tensors[spec.name]
+        if spec.scales is None:
+            value = pickle_writer.array_of(np.ascontiguousarray(t, dtype=np.float32))
+        else:
+            value = pickle_writer.quantized_value(
+                pickle_writer.array_of(np.ascontiguousarray(t.weight, dtype=np.int8)),
+                pickle_writer.array_of(np.ascontiguousarray(t.scales, dtype=np.uint16),
+                                       bfloat16=True))
+        with open(path, "wb") as f:
+            pickle_writer.dump(value, f)
+
+    return replace_dir(out, lambda tmp: _write_files(tmp, cfg, write_one, progress),
+                       force=force, **_RECOGNISE)
+
+
 def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progress=None,
                     post_norm: float = POST_NORM) -> Path:
     """Write a random checkpoint for ``cfg`` into ``out`` (``out/ckpt-0/``, ``out/config.json``).
@@ -145,26 +205,6 @@ def make_checkpoint(out, cfg: Config, seed: int = 0, force: bool = False, progre
     ``post_norm``: the centre of the post-norm scales (see POST_NORM).
     """
     cfg.validate()
-    specs = tensor_specs(cfg)
-
-    def fill(tmp: Path):
-        (tmp / CKPT_DIR).mkdir()
-        # Every file draws from its own generators, so files are written side by side, byte
-        # for byte as one after the other (numpy's generators, casts and writes release the
-        # GIL). Up to 8 at a time (one per core): each holds under 1 GB at full width.
-        pool = ThreadPoolExecutor(min(num_threads(), 8), thread_name_prefix="minigrok-write")
-        try:
-            jobs = [pool.submit(write_tensor, tmp / CKPT_DIR / tensor_file(i), spec, seed,
-                                post_norm)
-                    for i, spec in enumerate(specs)]
-            for i, job in enumerate(jobs):
-                job.result()
-                if progress:
-                    progress(i, len(specs), specs[i].name)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        (tmp / CONFIG_FILE).write_text(to_json(cfg))
-
-    return replace_dir(out, fill, force=force, recognise=written_by_minigrok,
-                       what="a checkpoint minigrok wrote (ckpt-0/ of tensor files and "
-                            "config.json, nothing else)")
+    return replace_dir(out, lambda tmp: _write_files(
+        tmp, cfg, lambda path, spec: write_tensor(path, spec, seed, post_norm), progress),
+        force=force, **_RECOGNISE)

@@ -39,8 +39,10 @@ for i in range(8):
 
 # %% [markdown]
 # ## Encoding a sentence
-# Every lesson runs the model on the same 14 ids: this sentence. Note the digits: `42`
-# becomes `▁`, `4`, `2` (numbers are spelled one digit per token).
+# Every lesson runs the model on the same 28 ids: this little story, of the kind the
+# built-in model was trained on. Most words are one token with their leading space (`▁`);
+# punctuation is a token of its own. Numbers are spelled one digit per token: `42` becomes
+# `▁`, `4`, `2` (below).
 
 # %%
 ids = tok.encode(sp, C.SENTENCE)
@@ -50,6 +52,7 @@ print("pieces:", [sp.id_to_piece(i) for i in ids])
 assert ids == C.TOKENS, "lessons/_common.py TOKENS must be this sentence's ids"
 assert [sp.id_to_piece(i) for i in ids] == C.PIECES
 print("decoded back:", repr(tok.decode(sp, ids)))
+print("'is 42.' ->", [sp.id_to_piece(i) for i in tok.encode(sp, "is 42.")])
 
 # %% [markdown]
 # ## Byte fallback and rare words
@@ -88,6 +91,10 @@ print("decode([1, 422, 2]) =", repr(tok.decode(sp, [1, 422, 2])))
 #   tokens per character?
 # - `python -m minigrok tokenize "your text"` prints the same table from the command line.
 # - Find the id of `▁Grok` (hint: `sp.piece_to_id`). Is "Grok" one piece or several?
+# - Exercises `encode_prompt` and `decode`: a prompt's ids as the official runner makes them
+#   (no BOS, a long prompt keeps its end), and SentencePiece's decode from the pieces (▁,
+#   control pieces, byte fallback): `python -m minigrok exercises check encode_prompt`
+#   (then `decode`).
 #
 # ## On the real model
 # The tokenizer is the same file for the tiny and the real checkpoint, so everything above

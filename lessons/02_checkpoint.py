@@ -17,7 +17,10 @@
 # `decoder_layer_10` < `decoder_layer_2`. So the files hold the layers in the order
 # 0, 1, 10, 11, ..., 19, 2, 20, ...: a loader that assumes numeric order puts the wrong
 # weights into 62 of the 64 layers, and the model still produces plausible-looking output
-# (lesson 13 measures the damage).
+# (lesson 13 measures the damage). The trap needs a layer 10: only a model of 11 or more
+# layers has a `decoder_layer_10` to sort before `decoder_layer_2`. minigrok's built-in
+# model has 4 layers, so its files happen to be in numeric order; the lesson writes a
+# random 12-layer checkpoint (the `tiny` preset) to show the trap on real files.
 #
 # **The code.** `minigrok/formats/checkpoint.py` (`tensor_specs`, `tensor_file`, `open_checkpoint`,
 # `inspect_rows`) and `minigrok/formats/safepickle.py` (reads the pickles without running them).
@@ -69,33 +72,72 @@ print("...")
 
 # %% [markdown]
 # ## The sorted layer order
-# The layer number of every file, in file order:
+# The layer number of every file, in file order. A model of fewer than 11 layers has no
+# `decoder_layer_10`, so sorting cannot scramble it; the trap is then shown on a random
+# checkpoint of the `tiny` preset's 12 layers, written to a temporary folder.
 
 # %%
-layer_of_file = [int(s.name.split("decoder_layer_")[1].split("/")[0]) if "decoder_layer_" in s.name
-                 else None for s in specs]
-order = [layer_of_file[i] for i in range(2, len(specs), 12)]
+import tempfile
+
+from minigrok.formats.make_checkpoint import make_checkpoint
+from minigrok.reference.config import preset
+
+
+def file_order(specs):
+    """The decoder layer whose 12 tensors start at each layer-sized slot of ckpt-0/."""
+    return [int(s.name.split("decoder_layer_")[1].split("/")[0]) for s in specs[2::12]]
+
+
+order = file_order(specs)
 print("layers in file order:", order)
-naive = {L: 2 + 12 * L for L in range(cfg.num_layers)}          # what a numeric loader assumes
-wrong = [L for L in range(cfg.num_layers) if layer_of_file[naive[L]] != L]
-print(f"a loader assuming numeric order gets {len(wrong)} of {cfg.num_layers} layers wrong:",
-      ", ".join(f"layer {L} <- file of layer {layer_of_file[naive[L]]}" for L in wrong[:4]), "...")
+if order == sorted(order):
+    print(f"this checkpoint's {cfg.num_layers} layers are stored in numeric order: as strings, "
+          "'decoder_layer_10' sorts before 'decoder_layer_2' only in a model of 11+ layers")
+    scratch = tempfile.TemporaryDirectory(prefix="minigrok-lesson02-")
+    demo = open_checkpoint(make_checkpoint(f"{scratch.name}/tiny", preset("tiny")))
+    demo_order = file_order(demo.specs)
+    print(f"a random {demo.config.num_layers}-layer checkpoint (preset tiny, in a temporary "
+          f"folder) holds its layers in file order: {demo_order}")
+else:
+    scratch, demo, demo_order = None, ck, order
+n = demo.config.num_layers
+wrong = [L for L in range(n) if demo_order[L] != L]    # slot L is where numeric order looks
+print(f"a loader assuming numeric order gets {len(wrong)} of {n} layers wrong:",
+      ", ".join(f"layer {L} <- file of layer {demo_order[L]}" for L in wrong[:4]), "...")
+
+# The proof is in the bytes: the first file where numeric order looks for layer L holds
+# another layer's tensor, bit for bit.
+L = wrong[0]
+naive_file = demo.root / CKPT_DIR / tensor_file(2 + 12 * L)
+got = safepickle.load(naive_file).weight
+name = demo.specs[2 + 12 * L].name
+same_as = {k: np.array_equal(got, demo.params[name.replace(f"_{demo_order[L]}/", f"_{k}/")].weight)
+           for k in (demo_order[L], L)}
+print(f"{naive_file.name}, where numeric order looks for layer {L}'s first tensor, holds {name}: "
+      f"equal to layer {demo_order[L]}'s: {same_as[demo_order[L]]}, to layer {L}'s: {same_as[L]}")
 real_order = sorted(range(C.GROK1.num_layers), key=lambda L: f"decoder_layer_{L}")
 print("Grok-1's 64 layers in file order:", real_order[:14], "...")
+print(f"in Grok-1, {sum(L != i for i, L in enumerate(real_order))} of 64 layers sit where "
+      "numeric order does not look")
 
 fig, axes = C.plt.subplots(1, 2, figsize=(9, 3.4))
-for ax, n, title in ((axes[0], cfg.num_layers, f"this checkpoint ({cfg.num_layers} layers)"),
-                     (axes[1], C.GROK1.num_layers, "Grok-1 (64 layers)")):
-    stored = sorted(range(n), key=lambda L: f"decoder_layer_{L}")
-    ax.plot(range(n), stored, "o-", ms=3, label="file order (sorted strings)")
-    ax.plot(range(n), range(n), "--", color="gray", label="numeric order")
+demo_title = (f"this checkpoint ({n} layers)" if scratch is None
+              else f"a {n}-layer checkpoint (preset tiny)")
+for ax, layers, title in ((axes[0], n, demo_title),
+                          (axes[1], C.GROK1.num_layers, "Grok-1 (64 layers)")):
+    stored = sorted(range(layers), key=lambda L: f"decoder_layer_{L}")
+    ax.plot(range(layers), stored, "o-", ms=3, label="file order (sorted strings)")
+    ax.plot(range(layers), range(layers), "--", color="gray", label="numeric order")
     ax.set_xlabel("position of the layer's 12 files in ckpt-0/")
     ax.set_ylabel("decoder layer stored there")
     ax.set_title(title)
-    ax.legend(loc="lower right" if n < 20 else "upper left")
+    ax.legend(loc="lower right" if layers < 20 else "upper left")
 fig.suptitle("The sorted layer order: files hold layers 0, 1, 10, 11, ..., 2, 20, ...")
 fig.tight_layout()
 C.save_figure(fig, "layer_order")
+del demo, got                                    # their memory maps hold the scratch files
+if scratch is not None:
+    scratch.cleanup()
 
 # %% [markdown]
 # ## Inside one file
@@ -132,7 +174,8 @@ while base is not None and not isinstance(base, np.memmap):
 print("weight:", qw.weight.dtype, qw.weight.shape, "writeable:", qw.weight.flags.writeable)
 print("scales:", qw.scales.dtype, qw.scales.shape, "(uint16 bits of bfloat16:",
       qw.scales.dtype.metadata, ")")
-print("backed by:", type(base).__name__, base.filename)
+print(f"backed by: {type(base).__name__} of {base.nbytes:,} bytes, the whole "
+      f"{path.stat().st_size:,}-byte file mapped once")
 payload = data.find(np.asarray(qw.weight).tobytes())
 print(f"the int8 payload starts at byte {payload} of the {len(data):,}-byte file")
 print(f"open_checkpoint: {len(specs)} files, {sum(f.stat().st_size for f in files):,} bytes, "
@@ -145,6 +188,8 @@ print(f"open_checkpoint: {len(specs)} files, {sum(f.stat().st_size for f in file
 # - Change one byte of a copy of a tensor file and open it: which error names the file and
 #   the byte offset?
 # - Which tensor is the largest file? Which is the smallest? (`inspect_rows`)
+# - Exercise `checkpoint_order`: given every tensor's name, say which file of ckpt-0/ holds
+#   which: `python -m minigrok exercises check checkpoint_order`.
 #
 # ## On the real model
 # 770 files, about 318 GB. Opening reads only the pickle headers (a few hundred bytes each)

@@ -22,13 +22,15 @@
 #
 # The usual *pre*-norms feed each block a unit-size input; the *post*-norms rms_norm_1 and
 # rms_norm_3 set the size of what each block adds to the stream, whatever the block
-# computed. The update's rms is about the rms of the post-norm's scale.
+# computed: a normalised vector has unit rms, so the update $\hat a \odot s$ has rms about
+# $\mathrm{rms}(s)$, exactly so when the features' sizes are unrelated to the scale's.
 #
 # **The code.** `minigrok/reference/rmsnorm.py`: `rms_norm`; `minigrok/reference/layer.py`: `decoder_layer`.
 
 # %%
 import _common as C
 import numpy as np
+from minigrok.reference.attention import attention
 from minigrok.reference.layer import decoder_layer
 from minigrok.reference.model import embed
 from minigrok.reference.rmsnorm import EPS, rms_norm
@@ -56,31 +58,63 @@ print(f"but not when mean(x^2) ~ eps: rms_norm(1e-3) = {rms_norm(tiny, ones)[0, 
 # %% [markdown]
 # ## The sandwich in the model
 # Run the decoder layers one by one and watch the residual stream $h$: its rms, and the rms
-# of what each layer adds. The post-norm scales of this checkpoint are printed next to it.
+# of what each block adds (the attention's update $\mathrm{rms\_norm\_1}(a)$, computed by
+# hand as in lesson 10, and the MoE's, the rest of what `decoder_layer` adds), next to the
+# rms of the post-norm scale that sized it. minigrok's training starts every norm scale at 1
+# and learns it; `make-checkpoint` centres a random checkpoint's post-norm scales at 0.1
+# instead, so there every block adds about 0.1 to a stream of rms about 1, which hardly
+# grows over 12 layers.
 
 # %%
+def rms(v):
+    return float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2)))
+
+
 model = C.load(args)
 cfg, params = model.config, model.params
 tokens = C.tokens_for(cfg)
 keep = tokens > cfg.pad_token
 h = embed(params, cfg, tokens)
-stream, update, post = [float(np.sqrt((h ** 2).mean()))], [], []
+stream, rows, cosines = [rms(h)], [], []
 for i, layer in enumerate(params["layers"]):
+    a = attention(rms_norm(h, layer["rms_norm"]), **layer["multi_head_attention"],
+                  num_q_heads=cfg.num_q_heads, num_kv_heads=cfg.num_kv_heads,
+                  key_size=cfg.key_size, multiplier=cfg.attn_output_multiplier, keep=keep)
+    u_attn = rms_norm(a, layer["rms_norm_1"])
     new = decoder_layer(h, layer, cfg, keep=keep, index=i)
-    update.append(float(np.sqrt(((new - h) ** 2).mean())))
-    stream.append(float(np.sqrt((new ** 2).mean())))
-    post.append([float(np.sqrt(np.mean(np.asarray(layer[n]) ** 2))) for n in ("rms_norm_1", "rms_norm_3")])
+    u_moe = new - h - u_attn                     # = rms_norm_3(moe(...)), up to rounding
+    s1, s3 = rms(layer["rms_norm_1"]), rms(layer["rms_norm_3"])
+    rows.append((rms(u_attn), s1, rms(u_moe), s3, rms(new - h), float(np.hypot(s1, s3))))
+    cosines.append(float((u_attn * u_moe).sum() / np.linalg.norm(u_attn) / np.linalg.norm(u_moe)))
+    stream.append(rms(new))
     h = new
-print("layer  rms(h after)  rms(update)  rms(rms_norm_1 scale)  rms(rms_norm_3 scale)")
-for i in range(cfg.num_layers):
-    print(f"{i:>5}  {stream[i + 1]:>12.4f}  {update[i]:>11.4f}  {post[i][0]:>21.4f}  {post[i][1]:>21.4f}")
+print("layer  rms(h after)  attention: update  rms(s1)   MoE: update  rms(s3)   "
+      "both: update  hypot(s1, s3)")
+for i, r in enumerate(rows):
+    print(f"{i:>5}  {stream[i + 1]:>12.4f}  {r[0]:>17.4f}  {r[1]:>7.4f}  {r[2]:>12.4f}  "
+          f"{r[3]:>7.4f}  {r[4]:>12.4f}  {r[5]:>13.4f}")
 C.peek("final_norm(h)", rms_norm(h, params["rms_norm"]))
+rows = np.array(rows)                                                # [L, 6]
+block_gap = np.abs(rows[:, [0, 2]] / rows[:, [1, 3]] - 1).max()
+both_gap = np.abs(rows[:, 4] / rows[:, 5] - 1).max()
+print(f"each block's update has the rms of its post-norm scale to within {block_gap:.1%} "
+      f"(the worst of {2 * cfg.num_layers} blocks)")
+print(f"both updates of a layer: within {both_gap:.1%} of hypot(rms(s1), rms(s3)), the size two "
+      f"orthogonal updates would have (their cosines: {min(cosines):+.2f} to {max(cosines):+.2f})")
+print(f"the stream's rms goes from {stream[0]:.2f} (the embeddings) to {stream[-1]:.2f} after "
+      f"{cfg.num_layers} layers: each layer adds an update of rms {rows[:, 4].mean():.2f} on "
+      f"average, {np.mean(rows[:, 4] / np.array(stream[:-1])):.0%} of the stream it joins")
 
 fig, ax = C.plt.subplots(figsize=(6.4, 3.4))
-ax.plot(range(cfg.num_layers + 1), stream, "o-", label="rms of the residual stream h")
-ax.plot(range(1, cfg.num_layers + 1), update, "s-", label="rms of the layer's update")
-ax.plot(range(1, cfg.num_layers + 1), [np.hypot(*p) for p in post], "--", color="gray",
-        label="sqrt(rms(s1)^2 + rms(s3)^2) of the post-norm scales")
+after = range(1, cfg.num_layers + 1)
+ax.plot(range(cfg.num_layers + 1), stream, "o-", color="tab:blue",
+        label="rms of the residual stream h")
+# The scales are drawn over the updates: where the two coincide, the claim holds.
+ax.plot(after, rows[:, 0], "s-", color="tab:orange", ms=8, mfc="none", label="attention's update")
+ax.plot(after, rows[:, 1], "x:", color="saddlebrown", label="rms(rms_norm_1 scale)")
+ax.plot(after, rows[:, 2], "^-", color="tab:green", ms=8, mfc="none", label="MoE's update")
+ax.plot(after, rows[:, 3], "x:", color="darkgreen", label="rms(rms_norm_3 scale)")
+ax.set_xticks(range(cfg.num_layers + 1))
 ax.set_xlabel("after layer (0 = the embeddings)")
 ax.set_ylabel("rms")
 ax.set_ylim(bottom=0)

@@ -29,6 +29,7 @@
 import _common as C
 import numpy as np
 from minigrok.reference import quant
+from minigrok.reference.layer import decoder_layer
 from minigrok.reference.model import embed
 from minigrok.reference.rmsnorm import rms_norm
 from minigrok.reference.rope import BASE, apply_rope, rope_angles, rotate_half
@@ -65,7 +66,7 @@ for m, n in ((3, 1), (103, 101), (5003, 5001), (10, 1)):
 
 # %% [markdown]
 # ## On the checkpoint's queries
-# Layer 0's queries for our 14 tokens, before and after RoPE.
+# Layer 0's queries for the story's tokens (`C.TOKENS`), before and after RoPE.
 
 # %%
 model = C.load(args)
@@ -82,16 +83,54 @@ C.peek("token 5 (position 5) before", qh[5])
 C.peek("token 5 after: rotated", rotated[5])
 
 # %% [markdown]
+# ## Which pairs does the model use?
+# A score is a sum over the pairs, $q \cdot k = \sum_i (q_{1,i} k_{1,i} + q_{2,i} k_{2,i})$,
+# each term a 2-D dot product that turns with the distance at its own pair's speed. A pair
+# that turns fast tells near keys from far ones; a pair whose wavelength is much longer than
+# the context hardly turns at all and matches content wherever it is. How much each pair
+# contributes is up to the weights: below, each pair's share of $|$its term$|$, averaged
+# over every head and every (query, earlier key) of the story, layer by layer (each layer's
+# input from `decoder_layer`). Random weights spread it evenly, $1/(d/2)$ per pair.
+
+# %%
+T, d, G = len(tokens), cfg.key_size, cfg.num_q_heads // cfg.num_kv_heads
+pair_wavelength = 2 * np.pi * BASE ** (np.arange(0, d, 2) / d)
+earlier = np.tril(np.ones((T, T), bool))                         # [T queries, T keys]
+h, shares = embed(params, cfg, tokens), []
+for i, layer in enumerate(params["layers"]):
+    x = rms_norm(h, layer["rms_norm"])
+    mha = layer["multi_head_attention"]
+    q = apply_rope(quant.linear(x, mha["query"]).reshape(T, cfg.num_q_heads, d), np.arange(T))
+    k = apply_rope(quant.linear(x, mha["key"]).reshape(T, cfg.num_kv_heads, d), np.arange(T))
+    k = np.repeat(k, G, axis=1)                                  # [T, H, d]: head h reads kv h // G
+    terms = q[:, None] * k[None]                                 # [T, T, H, d]
+    terms = np.abs(terms[..., :d // 2] + terms[..., d // 2:])    # [T, T, H, d/2]: one per pair
+    per_pair = terms[earlier].mean(axis=(0, 1))                  # [d/2]
+    shares.append(per_pair / per_pair.sum())
+    h = decoder_layer(h, layer, cfg, keep=tokens > cfg.pad_token, index=i)
+shares = np.array(shares)                                        # [L, d/2]
+print("pair:        ", " ".join(f"{i:>6}" for i in range(d // 2)))
+print("wavelength:  ", " ".join(f"{w:>6.0f}" for w in pair_wavelength))
+for i, row in enumerate(shares):
+    print(f"layer {i:>2} share", " ".join(f"{v:>6.1%}" for v in row))
+top = int(shares.mean(0).argmax())
+print(f"over all layers, pair {top} (one turn per {pair_wavelength[top]:.0f} tokens; the model's "
+      f"context: {cfg.sequence_len} tokens) carries the most: {shares[:, top].mean():.1%} of "
+      f"|q.k|, against {1 / (d // 2):.1%} each if spread evenly; the fastest pair carries "
+      f"{shares[:, 0].mean():.1%}, the slowest {shares[:, -1].mean():.1%}")
+
+# %% [markdown]
 # ## A picture of the frequencies
 # Left: $\cos\theta_i(p)$ for every pair $i$ of a Grok-1 head ($d = 128$) over the first
-# 256 positions; fast pairs stripe, slow ones barely move. Right: the wavelength
-# $2\pi / \text{base}^{-2i/d}$ of each pair, against the 8192-token context.
+# 256 positions; fast pairs stripe, slow ones barely move. Middle: the wavelength
+# $2\pi / \text{base}^{-2i/d}$ of each pair, against the 8192-token context. Right: the
+# checkpoint's share of the scores per pair, from the cell above.
 
 # %%
 D = C.GROK1.key_size
 grid = np.cos(rope_angles(np.arange(256), D)[:, :D // 2])          # [256, 64]
 wavelength = 2 * np.pi * BASE ** (np.arange(0, D, 2) / D)
-fig, axes = C.plt.subplots(1, 2, figsize=(9, 3.4))
+fig, axes = C.plt.subplots(1, 3, figsize=(13, 3.4))
 im = axes[0].imshow(grid.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, origin="lower")
 axes[0].set_xlabel("position p")
 axes[0].set_ylabel("pair i")
@@ -101,8 +140,17 @@ axes[1].semilogy(wavelength, ".")
 axes[1].axhline(C.GROK1.sequence_len, color="gray", ls="--", label="context: 8192 tokens")
 axes[1].set_xlabel("pair i")
 axes[1].set_ylabel("tokens per full turn")
-axes[1].set_title("RoPE wavelengths")
+axes[1].set_title(f"RoPE wavelengths, d = {D}")
 axes[1].legend()
+for i, row in enumerate(shares):
+    axes[2].semilogx(pair_wavelength, row, "o-", ms=3, label=f"layer {i}")
+axes[2].axhline(1 / (d // 2), color="gray", ls="--", label="spread evenly")
+axes[2].axvline(cfg.sequence_len, color="gray", ls=":", label=f"context: {cfg.sequence_len}")
+axes[2].set_xlabel("wavelength of the pair (tokens)")
+axes[2].set_ylabel("share of |q.k|")
+axes[2].set_ylim(bottom=0)
+axes[2].set_title(f"this checkpoint's pairs (d = {d})")
+axes[2].legend(fontsize=7, ncol=2)
 fig.tight_layout()
 C.save_figure(fig, "rope_frequencies")
 print(f"wavelengths from {wavelength[0]:.2f} to {wavelength[-1]:,.0f} tokens; "

@@ -24,11 +24,14 @@
 
 # %%
 import math
+import sys
 
 import _common as C
 import numpy as np
 from minigrok.reference import quant
+from minigrok.reference.model import forward
 from minigrok.reference.moe import expert, gelu, moe, route
+from minigrok.training import stories
 
 args = C.setup(9, "the experts and top-2 mixing")
 model = C.load(args)
@@ -89,43 +92,109 @@ print(f"expert matrix products: sparse {int((ids >= 0).sum())} token-experts, de
 
 # %% [markdown]
 # ## Expert load
-# 64 fixed random tokens through every layer: how many pick each expert (first or second
-# choice)? With uniform routing each expert would get $64 \cdot 2 / 8 = 16$.
+# How many tokens does each expert get? The model runs over a few held-out stories
+# (`stories.corpus("heldout", n)`), each layer's `trace` keeps its `expert_ids`, and the load
+# of an expert is its share of the $N \cdot 2$ choices: $1/8$ each if the load were even.
+#
+# An even load is no property of the architecture. Nothing in the MoE layer (the official
+# one or minigrok's) balances anything: no auxiliary loss, no router noise, no capacity
+# limit, a token simply goes where its router points. Left alone, training tends to
+# collapse onto a few favourite experts (the ones that got more tokens get better, so they
+# get more tokens). The built-in model's trainer therefore added Switch Transformer's
+# load-balancing loss (Fedus et al. 2021, weighted 0.01 as there; `recipe.RECIPE["balance"]`),
+#
+# $$\mathcal{L}_\text{balance} = E \sum_e f_e\, \bar p_e,$$
+#
+# $f_e$ the share of choices that went to expert $e$, $\bar p_e$ its mean router probability
+# (`training/gradients.balance_loss`): 1 when the load is even, up to $E/k = 4$ when every
+# token picks the same two experts. Its gradient lowers the probability of the busiest
+# experts, so the load of the trained model should be fairly even: no expert idle, none
+# taking most of the tokens. The lines below say how close each layer comes. (While the
+# routers are hesitant, $\bar p$ is near uniform and the loss stays near 1 even for an
+# uneven load: read the shares, not only the loss.)
+#
+# The loss is a training choice, as invisible in the checkpoint as the optimiser: the
+# released Grok-1 inference code has no trace of it, and how xAI kept Grok-1's experts busy
+# is not public.
+
+# %%
+sp = C.tokenizer_or_none(model)
+if sp is None:
+    sys.exit("the rest of this lesson encodes stories: it needs Grok-1's tokenizer.model")
+texts = stories.corpus("heldout", 8)
+chosen = [[] for _ in range(cfg.num_layers)]             # per layer: [T, k] per story
+probs_all = [[] for _ in range(cfg.num_layers)]          # per layer: [T, E] per story
+for text in texts:
+    trace = {}
+    # (ids folded as C.tokens_for does, for a test checkpoint with a smaller vocabulary)
+    ids_s = np.array(sp.encode(text)[:cfg.sequence_len], np.int64) % cfg.vocab_size
+    forward(params, cfg, ids_s, last_only=True, trace=trace)
+    for i, t in trace["layers"].items():
+        chosen[i].append(t["expert_ids"])
+        probs_all[i].append(t["router_probs"])
+chosen = np.stack([np.concatenate(c) for c in chosen])  # [L, N, k]
+probs_all = np.stack([np.concatenate(p) for p in probs_all])   # [L, N, E]
+N = chosen.shape[1]
+load = np.stack([np.bincount(c.ravel(), minlength=E) for c in chosen]) / (N * k)   # [L, E]
+balance = E * (load * probs_all.mean(1)).sum(1)          # [L], the trainer's loss per layer
+print(f"{len(texts)} held-out stories, {N} tokens, {N * k} choices per layer")
+print("share of the choices per expert (rows: layers), and the load-balancing loss:")
+for i in range(cfg.num_layers):
+    print(f"layer {i:>2}: " + " ".join(f"{v:5.1%}" for v in load[i]) + f"   loss {balance[i]:.3f}")
+busy, idle = np.unravel_index(load.argmax(), load.shape), np.unravel_index(load.argmin(), load.shape)
+print(f"busiest: expert {busy[1]} of layer {busy[0]} with {load[busy]:.0%} of the choices "
+      f"({load[busy] * E:.1f}x an even share of {1 / E:.1%}); idlest: expert {idle[1]} of layer "
+      f"{idle[0]} with {load[idle]:.1%}")
+print(f"every expert of every layer is used: {bool((load > 0).all())}; mean balance loss "
+      f"{balance.mean():.3f} (1 = even, {E // k} = every token on the same {k} experts)")
+
+fig, axes = C.plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained",
+                           gridspec_kw={"width_ratios": [1.3, 1]})
+im = axes[0].imshow(100 * load, vmin=0, cmap="YlOrRd", aspect="auto")
+for (i, j), v in np.ndenumerate(load):
+    axes[0].text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6)
+axes[0].set_xlabel("expert")
+axes[0].set_ylabel("layer")
+axes[0].set_xticks(range(E))
+axes[0].set_yticks(range(cfg.num_layers))
+axes[0].set_title(f"% of the choices per expert ({N} tokens of held-out stories, top-{k})")
+fig.colorbar(im, ax=axes[0])
+for i in range(cfg.num_layers):
+    axes[1].plot(range(1, E + 1), 100 * np.sort(load[i])[::-1], "o-", ms=3, label=f"layer {i}")
+axes[1].axhline(100 / E, color="gray", ls="--", label="even")
+axes[1].set_xlabel("expert, busiest first")
+axes[1].set_ylabel("% of the choices")
+axes[1].set_title("how even is the load?")
+axes[1].legend(fontsize=7, ncol=2)
+C.save_figure(fig, "expert_load")
+
+# %% [markdown]
+# A random router spreads tokens fairly evenly too, by the luck of its draw (run the lesson
+# with `--checkpoint` a test checkpoint). What training must achieve is both at once:
+# routers that specialise (lesson 08 found kinds of token sharing experts) and a load that
+# stays spread. The balancing loss is what keeps specialisation from turning into collapse.
+#
+# Why stories, and not random token ids? The built-in model trained only on the ~1,300 ids
+# its stories use; every other id shares one embedding row (lesson 16). Random ids are
+# therefore almost all *the same* token to it, and they all go to the same two experts. (On a
+# random test checkpoint every id has its own row, and random ids spread over the experts
+# much like the stories' tokens do.)
 
 # %%
 rng = np.random.default_rng(9)
 many = rng.integers(3, cfg.vocab_size, 64)
-load = np.zeros((cfg.num_layers, E), int)
-for i, xi in enumerate(C.moe_inputs(params, cfg, many)):
-    _, chosen, _ = route(xi, params["layers"][i]["router"], k)
-    load[i] = np.bincount(chosen.ravel(), minlength=E)
-print("tokens per expert (rows: layers):")
-print(load)
-print(f"busiest expert takes {load.max(1).mean() / (2 * len(many)):.0%} of the token-slots on "
-      f"average (uniform: {1 / E:.0%})")
-
-fig, axes = C.plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained",
-                           gridspec_kw={"width_ratios": [1.3, 1]})
-im = axes[0].imshow(load, cmap="YlOrRd", aspect="auto")
-for (i, j), n in np.ndenumerate(load):
-    axes[0].text(j, i, str(n), ha="center", va="center", fontsize=6)
-axes[0].set_xlabel("expert")
-axes[0].set_ylabel("layer")
-axes[0].set_xticks(range(E))
-axes[0].set_title(f"tokens routed to each expert ({len(many)} tokens, top-{k})")
-fig.colorbar(im, ax=axes[0])
-axes[1].bar(range(E), load.mean(0), color="tab:orange")
-axes[1].axhline(2 * len(many) / E, color="gray", ls="--", label="uniform")
-axes[1].set_xlabel("expert")
-axes[1].set_ylabel("tokens per layer (mean)")
-axes[1].set_title("mean load over layers")
-axes[1].legend()
-C.save_figure(fig, "expert_load")
+x0 = C.moe_inputs(params, cfg, many)[0]
+_, pick, _ = route(x0, layer["router"], k)
+print(f"64 random token ids at layer 0: {len({tuple(r) for r in pick.tolist()})} distinct "
+      f"expert pairs (the stories' first 64 tokens: "
+      f"{len({tuple(r) for r in chosen[0, :64].tolist()})})")
 
 # %% [markdown]
 # ## Try this
 # - Swap `linear` and `linear_v` (GELU on the other branch): how far does `moe(x)` move?
 # - Route with top-1 instead of top-2 (`num_selected=1`): how much of the output is lost?
+# - Run the lesson with `--checkpoint` a test checkpoint (`python -m minigrok make-checkpoint
+#   --preset tiny --out /tmp/tiny`): is a random router's load more or less even?
 # - Exercise: `python -m minigrok exercises check expert_ffn`.
 #
 # ## On the real model

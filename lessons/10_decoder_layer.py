@@ -77,20 +77,38 @@ for name, value in (("h (input)", h), ("rms_norm(h)", x), ("a = attention", a),
 
 # %% [markdown]
 # ## Checked against `decoder_layer`
+# The same operations in the same order give the same bits. Then the size of what the layer
+# added: each block's update has about the rms of its post-norm scale (lesson 05), so the
+# scales decide how far one layer moves the stream. A random checkpoint's post-norm scales
+# are centred at 0.1 (`make-checkpoint`), so there a layer moves a stream of rms about 1 by
+# about a seventh of its size; the trained model's scales are learned, and the last line
+# says how far this layer moves it, and whether the update adds to the stream or partly
+# cancels it (the sign of their cosine).
 
 # %%
+def rms(v):
+    return float(np.sqrt(np.mean(np.asarray(v, np.float64) ** 2)))
+
+
 ref = decoder_layer(h, layer, cfg, keep=keep, index=0)
 print("max |by hand - decoder_layer| =", float(np.abs(h2 - ref).max()))
 print("the routers' inputs used by lessons 08-09 (_common.moe_inputs) match:",
       np.array_equal(C.moe_inputs(params, cfg, tokens)[0], x2))
-print(f"what the layer added: attention {np.sqrt(((h1 - h) ** 2).mean()):.4f} rms, "
-      f"MoE {np.sqrt(((h2 - h1) ** 2).mean()):.4f} rms, on a stream of {np.sqrt((h ** 2).mean()):.4f}")
+print(f"what the layer added: attention {rms(h1 - h):.4f} rms (its rms_norm_1 scale: "
+      f"{rms(layer['rms_norm_1']):.4f}), MoE {rms(h2 - h1):.4f} rms (rms_norm_3 scale: "
+      f"{rms(layer['rms_norm_3']):.4f})")
+cosine = float(((h2 - h) * h).sum() / np.linalg.norm(h2 - h) / np.linalg.norm(h))
+print(f"layer 0 moves the stream by {rms(h2 - h) / rms(h):.0%} of its size; its rms goes "
+      f"{rms(h):.4f} -> {rms(h2):.4f} (orthogonal, it would go to "
+      f"{np.hypot(rms(h), rms(h2 - h)):.4f}: the update's cosine with the stream is {cosine:+.2f})")
 
 # %% [markdown]
 # ## Try this
 # - Drop the post-norms (`h1 = h + a`, `h2 = h1 + m`): a "standard" pre-norm layer with
 #   Grok-1's weights. How different is the output?
 # - Swap the order of the two blocks (MoE first): does `decoder_layer`'s output change a lot?
+# - Exercise `decoder_layer`: assemble the layer from rms_norm, attention and moe with its
+#   four norms: `python -m minigrok exercises check decoder_layer`.
 #
 # ## On the real model
 

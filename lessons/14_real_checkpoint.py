@@ -149,13 +149,16 @@ if read < 2e9 or "--measure" in sys.argv:
     from minigrok.reference.generate import generate_tokens
     model = C.load(args)
     prompt = C.tokens_for(cfg)[:8].tolist()
-    times = [time.perf_counter()]
-    for _ in generate_tokens(model.params, cfg, prompt, max_new_tokens=4 if read < 2e9 else 2,
-                             layer_fn=model.layer_fn):
+    times, new = [time.perf_counter()], []
+    for token in generate_tokens(model.params, cfg, prompt, max_new_tokens=4 if read < 2e9 else 2,
+                                 layer_fn=model.layer_fn):
         times.append(time.perf_counter())
+        new.append(token)
     steps = np.diff(times)[1:]                                   # decode steps, prefill left out
     C.measured("decode", f"{1 / steps.mean():.1f} tokens/s ({steps.mean() * 1e3:.0f} ms/token), "
                f"{read / steps.mean() / 1e9:.2f} GB/s effective")
+    tok = C.tokenizer_or_none(model)
+    print("the timed tokens (greedy):", repr(tok.decode(prompt + new)) if tok else prompt + new)
 else:
     C.estimate("one decode step of this checkpoint at the measured int8 speed",
                f"{read / kernel_bw:.0f} s (pass --measure to time it)")

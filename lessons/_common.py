@@ -2,8 +2,8 @@
 
 Lessons run as scripts (``python lessons/06_rope.py [--checkpoint DIR]``) and as notebooks
 (jupytext / VS Code read the ``# %%`` cells). Without ``--checkpoint`` they use minigrok's
-built-in ``tiny`` checkpoint (Grok-1's exact structure and file format at width 128, random
-weights), written into the cache on first use.
+built-in model (Grok-1's exact structure and file format at width 128, 4 layers, trained on
+minigrok's stories by lesson 16's ``minigrok train``), written into the cache on first use.
 
 Figures go to ``lessons/figures/NN_name.png``, or to ``$MINIGROK_FIGURES`` when set (CI and
 tests point it at a temporary folder). Their bytes are reproducible: fixed seeds, fixed
@@ -45,13 +45,18 @@ matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 
 from minigrok.errors import MinigrokError  # noqa: E402
 from minigrok.reference.config import GROK1  # noqa: E402,F401
 
-# "The answer to life, the universe and everything is 42." in Grok-1's tokenizer (lesson 01
-# checks these against the real tokenizer.model). Fixed ids keep every lesson's numbers and
-# figures the same whether or not a tokenizer is at hand.
-TOKENS = [422, 3033, 356, 1180, 130111, 333, 9072, 360, 2175, 391, 130089, 18, 16, 130109]
-PIECES = ["▁The", "▁answer", "▁to", "▁life", ",", "▁the", "▁universe", "▁and", "▁everything",
-          "▁is", "▁", "4", "2", "."]
-SENTENCE = "The answer to life, the universe and everything is 42."
+# A story of the kind the built-in model was trained on, in Grok-1's tokenizer (lesson 01
+# checks these against the real tokenizer.model). "Mia" comes three times: to predict the
+# second and third, the model must copy the name from earlier in the context (lesson 07).
+# Fixed ids keep every lesson's numbers and figures the same whether or not a tokenizer is
+# at hand.
+TOKENS = [3808, 3038, 327, 677, 130111, 692, 469, 327, 1359, 2808, 4469, 29283, 130109, 29283,
+          660, 327, 2502, 3118, 130109, 1735, 1097, 130111, 29283, 2968, 656, 2502, 3118, 130109]
+PIECES = ["▁Once", "▁upon", "▁a", "▁time", ",", "▁there", "▁was", "▁a", "▁little", "▁girl",
+          "▁named", "▁Mia", ".", "▁Mia", "▁had", "▁a", "▁red", "▁ball", ".", "▁One", "▁day", ",",
+          "▁Mia", "▁lost", "▁her", "▁red", "▁ball", "."]
+SENTENCE = ("Once upon a time, there was a little girl named Mia. Mia had a red ball. One day, "
+            "Mia lost her red ball.")
 
 _lesson = {"number": 0}
 
@@ -61,8 +66,8 @@ def setup(number: int, title: str) -> argparse.Namespace:
     some) are ignored."""
     _lesson["number"] = number
     p = argparse.ArgumentParser(description=f"minigrok lesson {number:02d}: {title}")
-    p.add_argument("--checkpoint", help="folder holding ckpt-0/ (default: the built-in tiny "
-                   "checkpoint, written on first use)")
+    p.add_argument("--checkpoint", help="folder holding ckpt-0/ (default: the built-in "
+                   "trained model, written on first use)")
     p.add_argument("--tokenizer", help="path of Grok-1's tokenizer.model (default: "
                    "$MINIGROK_TOKENIZER, beside the checkpoint, the cache, or downloaded)")
     args, _ = p.parse_known_args()
@@ -72,7 +77,7 @@ def setup(number: int, title: str) -> argparse.Namespace:
 
 
 def load(args):
-    """The model at ``--checkpoint`` (None: the built-in tiny one). A bad path is one line."""
+    """The model at ``--checkpoint`` (None: the built-in one). A bad path is one line."""
     try:
         return minigrok.load(args.checkpoint, tokenizer=args.tokenizer)
     except MinigrokError as e:

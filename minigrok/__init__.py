@@ -1,9 +1,9 @@
 """minigrok: xAI's Grok-1 in plain NumPy (CuPy on a GPU), checked against the official code.
 
     import minigrok
-    m = minigrok.load("/path/to/checkpoints")     # or None: the built-in tiny checkpoint
+    m = minigrok.load("/path/to/checkpoints")     # or None: the built-in trained model
     m.logits([5, 17, 300])                         # float32 [3, 131072]
-    for piece in m.generate("The answer is", max_new_tokens=20):
+    for piece in m.generate("Once upon a time", max_new_tokens=20):
         print(piece, end="")
 
 The package is three layers and the application (docs/architecture.md): ``reference`` (the

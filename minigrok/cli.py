@@ -202,6 +202,12 @@ def cmd_bench(args):
           "(memory-mapped weights count only in the first)")
 
 
+def _checkpoint_or_builtin(path):
+    """``--checkpoint``, or the built-in model (written into the cache on first use)."""
+    from .api import default_checkpoint
+    return default_checkpoint() if path is None else path
+
+
 def cmd_golden(args):
     from . import golden
     from .formats.checkpoint import human_bytes
@@ -216,25 +222,25 @@ def cmd_golden(args):
         if args.files:
             raise MinigrokError(f"golden: unexpected argument {args.files[0]!r} (to check a "
                                 "file: golden verify FILE --checkpoint DIR)")
-        missing = [f for f in ("--checkpoint", "--tokens", "--out")
-                   if getattr(args, f[2:]) is None]
+        missing = [f for f in ("--tokens", "--out") if getattr(args, f[2:]) is None]
         if missing:
-            raise MinigrokError(f"golden: {', '.join(missing)} required (golden --checkpoint DIR "
-                                "--tokens IDS --out FILE.npz [--layers A-B])")
+            raise MinigrokError(f"golden: {', '.join(missing)} required (golden [--checkpoint "
+                                "DIR] --tokens IDS --out FILE.npz [--layers A-B])")
         refuse("--profile")
         from . import outputs
         outputs.check_file(args.out, force=bool(args.force), what="an .npz file",
                            recognise=outputs.is_npz)
-        arrays = golden.make(args.checkpoint, _token_list(args.tokens), args.layers)
+        arrays = golden.make(_checkpoint_or_builtin(args.checkpoint), _token_list(args.tokens),
+                             args.layers)
         out = golden.write(args.out, arrays, force=bool(args.force))
         print(f"wrote {out}: {len(arrays)} arrays, {len(arrays['tokens'])} tokens, "
               f"{len(arrays) - 5} per-layer arrays, {human_bytes(out.stat().st_size)}")
     elif args.mode == "verify":
-        if len(args.files) != 1 or args.checkpoint is None:
-            raise MinigrokError("golden verify: give one file and --checkpoint DIR "
-                                "(golden verify FILE.npz --checkpoint DIR)")
+        if len(args.files) != 1:
+            raise MinigrokError("golden verify: give one file (golden verify FILE.npz "
+                                "[--checkpoint DIR])")
         refuse("--tokens", "--out", "--layers", "--profile", "--force")
-        ok, line = golden.verify(args.files[0], args.checkpoint)
+        ok, line = golden.verify(args.files[0], _checkpoint_or_builtin(args.checkpoint))
         print(line)
         if not ok:
             raise SystemExit(1)
@@ -286,20 +292,69 @@ def cmd_exercises(args):
         for name in exercises.names():
             print(name)
         return
-    ex = exercises.get(args.name)
+    if args.action == "init":
+        written = exercises.init(args.dir, force=args.force)
+        print(f"wrote {len(written)} exercise stubs to {args.dir}")
+        print(f"fill one in, then: python -m minigrok exercises check NAME --dir {args.dir} "
+              f"(or check --all --dir {args.dir})")
+        return
+    # Usage mistakes first, each one line and exit code 2, before anything runs.
+    if args.all and args.name:
+        raise MinigrokError(f"check: give an exercise NAME or --all, not both (got "
+                            f"{args.name!r} and --all)")
+    if args.all and args.file:
+        raise MinigrokError("check --all grades a folder: --dir DIR (DIR/NAME.py for every "
+                            "exercise), not --file")
+    if not args.all and not args.name:
+        raise MinigrokError("check: give an exercise NAME (see: minigrok exercises list) or "
+                            "--all")
+    if args.json and not args.all:
+        raise MinigrokError("check: --json goes with --all (one record per exercise)")
     if args.timeout is not None and not 0 < args.timeout <= exercises.MAX_TIMEOUT:
         raise MinigrokError(f"--timeout must be more than 0 and at most "
                             f"{exercises.MAX_TIMEOUT:g} seconds, got {args.timeout:g}")
-    # Either way the check runs in a child process, under the time and memory limits.
+    if args.dir is not None and not Path(args.dir).is_dir():
+        raise MinigrokError(f"--dir {args.dir}: no such folder")
+    ex = None if args.all else exercises.get(args.name)
+    get_stubs = ("the exercise stubs are not beside this installation of minigrok (no {}); "
+                 "copy them with `python -m minigrok exercises init DIR`, fill them in, then "
+                 "check with --dir DIR")
+    if args.all:
+        width = max(map(len, exercises.names()))
+
+        def line(r):                        # PASS/FAIL, name, seconds, why: as each is done
+            print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']:<{width}}  "
+                  f"{r['seconds']:5.1f} s  {r['message']}", flush=True)
+
+        folder = None if args.reference else Path(args.dir or exercises.STUBS_DIR)
+        if folder is not None and not folder.is_dir():
+            raise MinigrokError("--dir is required: " + get_stubs.format(folder))
+        results = exercises.check_all(folder, reference=args.reference, timeout=args.timeout,
+                                      report=None if args.json else line)
+        passed = sum(r["passed"] for r in results)
+        if args.json:
+            import json
+            print(json.dumps(results, indent=2))
+        else:
+            print(f"{passed} of {len(results)} passed in "
+                  f"{sum(r['seconds'] for r in results):.1f} s")
+        if passed < len(results):
+            raise SystemExit(1)
+        return
+    # One exercise. Either way the check runs in a child process, under the time and
+    # memory limits.
     if args.reference:
         ok = exercises.check(ex.name, reference=True, timeout=args.timeout)
     else:
-        path = Path(args.file) if args.file else exercises.stub_path(ex.name)
-        if not args.file and not path.is_file():
-            raise MinigrokError(
-                f"--file is required: the exercise stubs are not beside this installation of "
-                f"minigrok (no {path}); copy lessons/exercises/{ex.name}.py from the "
-                f"repository, fill it in, and pass --file path/to/{ex.name}.py")
+        if args.file:
+            path = Path(args.file)
+        elif args.dir is not None:
+            path = Path(args.dir) / f"{ex.name}.py"
+        else:
+            path = exercises.stub_path(ex.name)
+            if not path.is_file():
+                raise MinigrokError("--file is required (or --dir): " + get_stubs.format(path)
+                                    + f" or --file path/to/{ex.name}.py")
         ok = exercises.check(ex.name, path=path, timeout=args.timeout)
     if not ok:
         raise SystemExit(1)
@@ -375,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("generate", help="continue a prompt, streaming the text")
-    s.add_argument("--checkpoint", help="checkpoint folder (default: the built-in tiny one)")
+    s.add_argument("--checkpoint", help="checkpoint folder (default: the built-in model)")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="prompt text (encoded without BOS, as the official runner)")
     g.add_argument("--prompt-tokens", help="prompt as comma-separated token ids, e.g. 1,2,3")
@@ -390,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("logits", help="full-sequence logits as a float32 [T, vocab] .npy")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--checkpoint", help="checkpoint folder (default: the built-in model)")
     s.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 5,17,300")
     s.add_argument("--out", required=True, help="output .npy file")
     s.add_argument("--force", action="store_true", help="replace an existing .npy file")
@@ -413,15 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "golden", help="golden vectors: every intermediate as .npz; verify; compare",
-        usage="minigrok golden --checkpoint DIR --tokens IDS --out FILE.npz [--layers A-B] "
+        usage="minigrok golden [--checkpoint DIR] --tokens IDS --out FILE.npz [--layers A-B] "
               "[--force]\n"
-              "       minigrok golden verify FILE.npz --checkpoint DIR\n"
+              "       minigrok golden verify FILE.npz [--checkpoint DIR]\n"
               "       minigrok golden compare EXPECTED.npz ACTUAL.npz [--profile P]",
         description="Write, check or compare golden vectors (docs/golden-format.md).")
     s.add_argument("mode", nargs="?", choices=("verify", "compare"),
                    help="omit to write a file; verify: recompute and compare; compare: two files")
     s.add_argument("files", nargs="*", help=argparse.SUPPRESS)
-    s.add_argument("--checkpoint", help="checkpoint folder (write, verify)")
+    s.add_argument("--checkpoint", help="checkpoint folder (write, verify; default: the "
+                   "built-in model)")
     s.add_argument("--tokens", help="comma-separated token ids, e.g. 5,17,300 (write)")
     s.add_argument("--out", help="output .npz file (write)")
     s.add_argument("--force", action="store_true", default=None,
@@ -444,20 +500,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an earlier export")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("exercises", help="classroom exercises: list them, check a solution",
-                       description="Exercises: write one Grok-1 step in lessons/exercises/NAME.py, "
-                       "then check it against minigrok's own (exit 0 only when it passes).")
+    s = sub.add_parser("exercises", help="classroom exercises: list them, copy the stubs, "
+                       "check a solution or a whole folder",
+                       description="Exercises: write one Grok-1 step in lessons/exercises/NAME.py "
+                       "(or in a folder made by `exercises init DIR`), then check it against "
+                       "minigrok's own (exit 0 only when it passes).")
     e = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     e.add_parser("list", help="the exercise names, one per line")
-    c = e.add_parser("check", help="check a solution with hypothesis properties")
-    c.add_argument("name", help="exercise name (see: minigrok exercises list)")
+    i = e.add_parser("init", help="copy every exercise's stub into a folder (for a pip-installed "
+                     "minigrok: a notebook, a class machine)")
+    i.add_argument("dir", metavar="DIR", help="folder to copy the stubs into (made if missing)")
+    i.add_argument("--force", action="store_true",
+                   help="replace the stubs (DIR/NAME.py) already there; nothing else is touched")
+    c = e.add_parser("check", help="check a solution (NAME) or every exercise (--all) with "
+                     "hypothesis properties")
+    c.add_argument("name", nargs="?", help="exercise name (see: minigrok exercises list)")
+    c.add_argument("--all", action="store_true",
+                   help="check every exercise, in teaching order: a one-line report each and "
+                        "the total (exit 0 only when all pass)")
     w = c.add_mutually_exclusive_group()
     w.add_argument("--file", help="the student's file (default: lessons/exercises/NAME.py)")
+    w.add_argument("--dir", metavar="DIR",
+                   help="the student's folder: DIR/NAME.py (a missing file fails that exercise)")
     w.add_argument("--reference", action="store_true",
                    help="check minigrok's own implementation instead (it must pass)")
+    c.add_argument("--json", action="store_true",
+                   help="with --all: print one JSON array, "
+                        "[{name, passed, message, seconds}, ...], and nothing else on stdout")
     c.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="time limit for the whole check (default: the exercise's, 60 s); the "
-                        "code checked runs in a child process that is killed at the limit")
+                   help="time limit for each exercise's whole check (default: the exercise's, "
+                        "60 s); the code checked runs in a child process that is killed at the "
+                        "limit")
     s.set_defaults(func=cmd_exercises)
     return p
 

@@ -1,6 +1,6 @@
 """The lessons run as scripts, and the exercise checker tells right from wrong (issue 5).
 
-Every lesson runs in a fresh process, as a student runs it, on the built-in tiny checkpoint
+Every lesson runs in a fresh process, as a student runs it, on the built-in trained model
 (built once into a shared cache) with its figures going to a temporary folder. Every
 exercise's stub must fail with its "not implemented yet" message, minigrok's own function
 must pass, and each exercise's headline mistake must fail with the hint that names it.
@@ -27,12 +27,14 @@ FIGURES = {
     "05": ["05_residual_stream.png"],
     "06": ["06_rope_frequencies.png"],
     "07": ["07_attention_pattern.png"],
-    "08": ["08_router_probabilities.png"],
+    "08": ["08_expert_specialisation.png", "08_router_probabilities.png"],
     "09": ["09_expert_load.png"],
+    "11": ["11_entropy.png"],
     "12": ["12_nucleus.png"],
     "13": ["13_mutants.png"],
     "14": ["14_bytes_per_token.png"],
     "15": ["15_int8_throughput.png"],
+    "16": ["16_gradient_check.png", "16_loss_curve.png"],
 }
 
 
@@ -53,8 +55,8 @@ def run_lesson(path, env, figures, *args, cwd=None):
                           env=full, capture_output=True, text=True, timeout=120)
 
 
-def test_there_are_fifteen_numbered_lessons():
-    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 16)]
+def test_there_are_sixteen_numbered_lessons():
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 17)]
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
@@ -241,3 +243,40 @@ def test_lesson_is_a_percent_format_notebook_with_every_part(lesson):
             body = cell.split("\n")[1:]
             assert all(line.startswith("#") or not line for line in body), lesson.name
     assert "import _common as C" in text and "from minigrok" in text
+
+
+# ------------------------------------------------------------------------- notebooks
+
+def test_every_lesson_has_an_up_to_date_executed_notebook():
+    """lessons/notebooks/NN_name.ipynb is its script's cells after the setup cell
+    (lessons/make_notebooks.py), committed executed: every code cell ran, none failed, and
+    every figure the lesson saves is shown."""
+    import nbformat
+    sys.path.insert(0, str(REPO / "lessons"))
+    try:
+        import make_notebooks
+    finally:
+        sys.path.pop(0)
+    assert make_notebooks.stale() == [], "run: python lessons/make_notebooks.py"
+    for script in make_notebooks.scripts():
+        nb = nbformat.read(make_notebooks.NOTEBOOKS / script.with_suffix(".ipynb").name,
+                           as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count for c in code), script.name
+        outputs = [o for c in code for o in c.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], script.name
+        images = sum("image/png" in o.get("data", {}) for o in outputs)
+        assert images == len(FIGURES.get(script.name[:2], [])), script.name
+
+
+def test_the_setup_cell_finds_the_lessons_from_the_root_and_from_lessons(tmp_path):
+    sys.path.insert(0, str(REPO / "lessons"))
+    try:
+        import make_notebooks
+    finally:
+        sys.path.pop(0)
+    for cwd in (REPO, REPO / "lessons", REPO / "lessons" / "notebooks"):
+        r = subprocess.run([sys.executable, "-c", make_notebooks.SETUP + "\nimport _common\n"
+                            "print(_common.__file__)"], cwd=cwd, capture_output=True, text=True,
+                           env=dict(os.environ, MPLBACKEND="Agg"), timeout=120)
+        assert r.returncode == 0 and r.stdout.strip().endswith("lessons/_common.py"), r.stderr

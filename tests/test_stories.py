@@ -40,9 +40,14 @@ def test_split_words():
     assert stories.split_words('"Mia\'s cat!" Don\'t go.') == ["mia", "'s", "cat", "don't", "go"]
 
 
+def prose(text: str) -> str:
+    """The story without its memory games' lists (random words, not sentences)."""
+    return stories.MEMORY_GAME.sub("", text)
+
+
 def test_articles_agree():
     for text in TRAIN + HELDOUT:
-        w = stories.split_words(text)
+        w = stories.split_words(prose(text))
         for article, word in zip(w, w[1:]):
             assert not (article == "a" and word.startswith(VOWELS)), text
             assert not (article == "an" and not word.startswith(VOWELS)), text
@@ -57,13 +62,13 @@ def test_lengths_and_openings():
 
 def test_memory_games_repeat_the_list_exactly():
     with_game = [t for t in TRAIN if "Listen:" in t]
-    assert 0.05 <= len(with_game) / len(TRAIN) <= 0.15
+    assert 0.3 <= len(with_game) / len(TRAIN) <= 0.5
     lexicon = stories.words()
     for text in TRAIN + HELDOUT:
         games = stories.memory_games(text)
         assert len(games) == text.count("Listen:"), text
         for said, back in games:
-            assert said == back and 5 <= len(said) <= 12 and set(said) <= lexicon, text
+            assert said == back and 6 <= len(said) <= 16 and set(said) <= lexicon, text
 
 
 def test_typography():
@@ -86,7 +91,7 @@ def test_pronouns_agree():
     checked = 0
     for text in TRAIN + HELDOUT:
         names = set(re.findall(r"[A-Z][a-z]+", text)) & (girls | boys)
-        w = set(stories.split_words(text))
+        w = set(stories.split_words(prose(text)))
         if names <= girls and not w & {"dad", "grandpa"}:
             assert not w & {"he", "him", "his"}, text
             checked += 1

@@ -11,22 +11,34 @@ any real mistake (a missing factor or transposed term is an O(1) error).
 """
 
 import dataclasses
+import io
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from minigrok.errors import MinigrokError
+from minigrok.formats import compact
+from minigrok.formats.checkpoint import open_checkpoint
+from minigrok.formats.tokenizer import load_tokenizer
 from minigrok.reference import attention as ref_attention
 from minigrok.reference import moe as ref_moe
 from minigrok.reference.config import Config
 from minigrok.reference.model import forward
+from minigrok.reference.quant import QuantizedWeight8bit
 from minigrok.reference.rmsnorm import rms_norm
 from minigrok.reference.rope import apply_rope
 from minigrok.training import gradients as gr
 from minigrok.training.network import log_softmax_full, logits_forward, loss_and_grads
-from minigrok.training.recipe import init_params
+from minigrok.training.recipe import RECIPE, init_params
+from minigrok.training.trainer import COLUMNS, STATE, train
+from testutil import REPO, run_cli, tokenizer_path
 
 CHECK = settings(max_examples=25, deadline=None)
 EPS = 1e-5
@@ -261,3 +273,136 @@ def test_training_logits_are_the_reference_forward_on_the_expanded_model():
         unseen = np.setdiff1d(np.arange(50), vocab)
         np.testing.assert_allclose(want[:, unseen], np.repeat(logits[b, :, -1:], len(unseen), 1),
                                    rtol=2e-5, atol=2e-5)
+
+
+# -- the trainer ------------------------------------------------------------------------------
+
+SMALL = dict(RECIPE, train_stories=300, heldout_windows=4, batch=2, seq_len=32, eval_every=2,
+             checkpoint_every=2, sample_tokens=4)
+
+
+class Killed(io.StringIO):
+    """A terminal whose user presses Ctrl-C when step ``at`` is reported."""
+
+    def __init__(self, at: str):
+        super().__init__()
+        self.at = at
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        if self.at in text:
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+@pytest.fixture(scope="module")
+def sp():
+    return load_tokenizer(tokenizer_path())
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, sp):
+    out = tmp_path_factory.mktemp("train") / "run"
+    return out, train(out, sp, steps=6, recipe=SMALL, report=None)
+
+
+def _state(out):
+    with np.load(out / STATE) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_a_killed_run_resumes_to_the_same_model(whole_run, tmp_path, sp):
+    """Killed at step 5 (its last state saved at step 4), resumed: the same parameters,
+    moments and losses as the run that was never interrupted."""
+    out, _ = whole_run
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "run", sp, steps=6, recipe=SMALL, report=Killed("step 5/6"))
+    assert int(_state(tmp_path / "run")["step"]) == 4
+    train(tmp_path / "run", sp, steps=6, recipe=SMALL, resume=True, report=None)
+    a, b = _state(out), _state(tmp_path / "run")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if k == "log":      # its last column is the wall clock
+            np.testing.assert_allclose(a[k][:, :-1], b[k][:, :-1], rtol=1e-6)
+        else:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_a_run_writes_its_curve_model_and_checkpoint(whole_run):
+    out, m = whole_run
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(COLUMNS) and len(rows) == 7
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    cfg, vocab, tensors = compact.load(out / "model.npz")
+    ck = open_checkpoint(out / "checkpoint")
+    for name, t in compact.expand(cfg, vocab, tensors).items():
+        got = ck.params[name]
+        if isinstance(t, QuantizedWeight8bit):
+            np.testing.assert_array_equal(got.weight, t.weight)
+            np.testing.assert_array_equal(np.asarray(got.scales).view(np.uint16), t.scales)
+        else:
+            np.testing.assert_array_equal(got, t)
+    # the loss went down, and the release costs little of it
+    losses = [float(r.split(",")[2]) for r in rows[1:]]
+    assert losses[-1] < losses[0]
+    assert abs(m["heldout_loss_int8"] - m["heldout_loss"]) < 0.05 * m["heldout_loss"]
+    assert json.loads((out / "train.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--resume"], "nothing to resume"),
+    (["--device", "cuda:0,1"], "train runs on one device"),
+    (["--seed", "-1"], "a whole number >= 0"),
+])
+def test_bad_train_arguments_are_one_line(tmp_path, args, message):
+    r = run_cli("train", "--out", tmp_path / "run", *args)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_train_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    r = run_cli("train", "--out", tmp_path)
+    assert r.returncode == 2 and "--resume" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_cli("train", "--out", tmp_path, "--force")
+    assert r.returncode == 2 and "notes.txt" in r.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_partial_file(tmp_path, sp, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(MinigrokError) as e:
+        train(tmp_path / "run", sp, steps=2, recipe=SMALL, report=None)
+    assert "state.npz" in str(e.value) and "No space left" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_training_runs_on_cupy_arrays_simulated(tmp_path):
+    """`train --device cuda`'s arrays, on the simulated CuPy (tests/simcupy: numpy arrays that
+    refuse to be mixed with host arrays, as a GPU's do): no host array slips into the step,
+    the evaluation, the release or the state. (A real GPU run is measured where one is
+    available; see the README.)"""
+    script = f"""
+import cupy, json
+from minigrok.formats.tokenizer import load_tokenizer
+from minigrok.training.trainer import train
+from test_training import SMALL
+m = train({str(tmp_path / 'run')!r}, load_tokenizer({str(tokenizer_path())!r}), steps=3,
+          xp=cupy, recipe=SMALL, report=None)
+print(json.dumps([m["heldout_loss"], m["vocab_rows"]]))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO / "tests" / "simcupy"), str(REPO), str(REPO / "tests")]))
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loss, rows = json.loads(r.stdout.splitlines()[-1])
+    assert math.isfinite(loss) and rows > 100

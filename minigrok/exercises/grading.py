@@ -54,7 +54,7 @@ class Mistake:
 
 @dataclasses.dataclass(frozen=True)
 class Exercise:
-    name: str                                  # stub file lessons/exercises/<name>.py
+    name: str                                  # stub lessons/exercises/<name>.py (+ stubs/)
     function: str                              # the function the student writes
     args: tuple                                # its positional parameters, in order
     outputs: tuple                             # names of its results (one, or a tuple)
@@ -425,3 +425,32 @@ def _report(ex: Exercise, fn, failure: Failed, write, again: str, first_example:
             write(f"  hint: {hint}")
     write("")
     write(f"FAILED: fix this, then run again: {again}")
+
+
+MAX_SUMMARY = 240             # characters of a one-line summary (check --all's message)
+
+
+def summary(lines) -> str:
+    """One line for a report ``run_check`` wrote in full (after the header): the verdict of a
+    pass, "not implemented yet: ...", the first failing property and the first line of why
+    ("agrees with minigrok (...): out: your values differ from minigrok's"), or the first line
+    of a failure on the first, fixed example ("your f() raised ValueError: ...")."""
+    lines = [str(line) for line in lines]
+    text = None
+    for i, line in enumerate(lines):
+        if line.startswith("PASSED: "):
+            text = line[len("PASSED: "):]
+        elif line.startswith("not implemented yet"):
+            text = line
+        elif line.startswith("  FAIL  "):
+            why = next((rest.strip() for rest in lines[i + 1:]
+                        if rest.strip() and not rest.startswith("FAILED: ")), "")
+            text = line[len("  FAIL  "):] + (f": {why}" if why else "")
+        else:
+            continue
+        break
+    if text is None:
+        text = next((line.strip() for line in lines if line.strip()
+                     and not line.startswith(("FAILED: ", "  ok    "))), "failed")
+    text = text.strip().splitlines()[0] if text.strip() else "failed"
+    return text if len(text) <= MAX_SUMMARY else text[:MAX_SUMMARY - 3] + "..."

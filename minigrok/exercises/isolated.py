@@ -157,6 +157,16 @@ def run_isolated(ex: Exercise, *, path=None, reference: bool = False, stub: Path
     ``timeout`` (seconds, default ``ex.timeout``) bounds the whole check; ``echo`` gets what
     the student's code prints (default: this process's stderr).
     """
+    return check_isolated(ex, path=path, reference=reference, stub=stub, timeout=timeout,
+                          write=write, echo=echo)[0]
+
+
+def check_isolated(ex: Exercise, *, path=None, reference: bool = False,
+                   stub: Path | None = None, timeout: float | None = None, write=print,
+                   echo=None) -> tuple[bool, str | None]:
+    """``run_isolated``, and why it failed: (True, None) on a pass; (False, reason) when the
+    check did not finish (the one-line reason: a time out, a crash, an exit, a garbled
+    report); (False, None) when the checker's own report, written in full, says why."""
     if not reference and (path is None or not Path(path).is_file()):
         raise MinigrokError(f"{path}: no such file")
     timeout = ex.timeout if timeout is None else timeout
@@ -203,9 +213,9 @@ def run_isolated(ex: Exercise, *, path=None, reference: bool = False, stub: Path
         reason = (f"your code exited (exit status {code}: os._exit({code}) or similar) "
                   f"before the check finished")
     elif relay.verdict.get("verdict") == "pass":
-        return True
+        return True, None
     elif not relay.verdict.get("reason"):
-        return False                                        # the report said why, in full
+        return False, None                                  # the report said why, in full
     else:
         reason = str(relay.verdict["reason"])
     if relay.lines:
@@ -213,4 +223,4 @@ def run_isolated(ex: Exercise, *, path=None, reference: bool = False, stub: Path
     write(f"  {reason}")
     write("")
     write(f"FAILED: fix this, then run again: {again_command(ex, shown, stub)}")
-    return False
+    return False, reason

@@ -89,14 +89,12 @@ def log_softmax_full(logits, others: int):
     return logits - lse
 
 
-def loss_and_grads(params, cfg, inputs, targets, others: int, balance: float = 0.0,
-                   weights=None):
+def loss_and_grads(params, cfg, inputs, targets, others: int, balance: float = 0.0):
     """Mean full-vocabulary cross-entropy of predicting ``targets`` after ``inputs`` (both
     [B, T] reduced ids), plus ``balance`` times the mean load-balancing loss of the layers.
 
-    ``weights`` [B, T] (default all 1) weighs each position's loss. Returns (loss, stats,
-    grads): stats has "ce" (the cross-entropy alone), "balance" (mean over layers) and
-    "load" [L, E] (share of the choices each expert got); grads mirrors params.
+    Returns (loss, stats, grads): stats has "ce" (the cross-entropy alone) and "balance"
+    (the mean over layers); grads mirrors params.
     """
     xp = array_module(inputs)
     E = params["in_out_embed"]
@@ -104,30 +102,26 @@ def loss_and_grads(params, cfg, inputs, targets, others: int, balance: float = 0
     N = logits.shape[0]
     logp = log_softmax_full(logits, others)                                    # [N, V']
     t = targets.reshape(N)
-    w = xp.ones(N, dtype=logits.dtype) if weights is None else weights.reshape(N)
-    w = w / w.sum()
-    ce = -float((logp[xp.arange(N), t] * w).sum())
+    ce = -float(logp[xp.arange(N), t].mean())
     # d(-log p_t)/dlogit_j = p_j - [j = t]; the shared column's p is its whole group's.
     dlogits = xp.exp(logp)
     dlogits[:, -1] *= others
     dlogits[xp.arange(N), t] -= 1.0
-    dlogits *= w[:, None] * cfg.output_multiplier_scale
+    dlogits *= cfg.output_multiplier_scale / N
     grads = {"in_out_embed": dlogits.T @ y}                                    # [V', D]
     dy = dlogits @ E                                                           # [N, D]
     B, T = inputs.shape
     dh, grads["rms_norm"] = rms_norm_backward(dy.reshape(B, T, -1), params["rms_norm"], nf)
-    layer_grads, aux, load = [], [], []
+    layer_grads, aux = [], []
     for layer, cache in zip(reversed(params["layers"]), reversed(caches)):
         dh, lg, a = layer_backward(dh, layer, cfg, cache, balance / len(caches))
         layer_grads.append(lg)
         aux.append(a)
-        ids = cache[4]["ids"]
-        load.append(xp.bincount(ids.ravel(), minlength=cfg.num_experts) / ids.size)
     grads["layers"] = layer_grads[::-1]
     xp.add.at(grads["in_out_embed"], inputs.reshape(N),
               dh.reshape(N, -1) * cfg.embedding_multiplier_scale)
     mean_aux = sum(aux) / len(aux)
-    stats = {"ce": ce, "balance": mean_aux, "load": xp.stack(load[::-1])}
+    stats = {"ce": ce, "balance": mean_aux}
     return ce + balance * mean_aux, stats, grads
 
 
@@ -141,3 +135,12 @@ def heldout_loss(params, cfg, inputs, targets, others: int, batch: int) -> float
         y = targets[i:i + batch].ravel()
         total += -float(logp[xp.arange(y.size), y].sum())
     return total / inputs.size
+
+
+def expert_load(params, cfg, inputs):
+    """The share of the top-k choices each expert gets, per layer, over [B, T] reduced-id
+    ``inputs``: [L, E] (1/E everywhere is an even load)."""
+    xp = array_module(inputs)
+    caches = logits_forward(params, cfg, inputs)[1][1]
+    return xp.stack([xp.bincount(c[4]["ids"].ravel(), minlength=cfg.num_experts) / c[4]["ids"].size
+                     for c in caches])

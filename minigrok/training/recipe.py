@@ -31,7 +31,7 @@ RECIPE = {
     # has no auxiliary loss, router noise or capacity limit; neither does this one).
     "balance": 0.01,
     "train_stories": 60_000, "heldout_windows": 128,
-    "eval_every": 100, "checkpoint_every": 100,
+    "eval_every": 100, "checkpoint_every": 100, "sample_tokens": 120,
 }
 
 

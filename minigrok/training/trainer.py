@@ -27,7 +27,7 @@ from ..formats.make_checkpoint import write_checkpoint
 from ..outputs import is_npz, write_file
 from ..reference.xp import to_numpy
 from . import adamw, data, measures, release, stories
-from .network import heldout_loss, loss_and_grads
+from .network import expert_load, heldout_loss, loss_and_grads
 from .recipe import RECIPE, init_params, tree_from_leaves
 
 STATE, LOG, CURVE, MODEL, CHECKPOINT, REPORT = ("state.npz", "loss.csv", "loss.png", "model.npz",
@@ -55,10 +55,11 @@ def prepare_data(sp, recipe=RECIPE, seed: int = 0):
 PROMPTS = ("Once upon a time", "One day, Mia", "Long ago, there was a little dog named")
 
 
-def learned_measures(params, cfg, sp, vocab, held_tokens, seed: int) -> dict:
+def learned_measures(params, cfg, sp, vocab, held_tokens, seed: int, length: int) -> dict:
     """The measures of measures.py on the released model (the reference's forward on the
-    int8 weights and the full embedding): copying, words, the unseen ids' mass, samples."""
-    texts = [measures.sample(params, cfg, sp, p, 120, temperature=t, seed=seed)
+    int8 weights and the full embedding): copying, words, the unseen ids' mass, and samples
+    of ``length`` new tokens."""
+    texts = [measures.sample(params, cfg, sp, p, length, temperature=t, seed=seed)
              for p in PROMPTS for t in (0.0, 0.8)]
     return {
         "copy_ratio": measures.copy_ratio(params, cfg, vocab[vocab > cfg.eos_token],
@@ -104,7 +105,9 @@ def train(out, sp, steps: int | None = None, seed: int = 0, xp=np, resume: bool 
     if resume:
         params, state, log, meta = _load_state(out / STATE, xp)
         if meta["seed"] != seed or meta["vocab"] != len(vocab):
-            raise MinigrokError(f"{out / STATE}: made with seed {meta['seed']}, not {seed}")
+            raise MinigrokError(f"{out / STATE}: made with seed {meta['seed']} and "
+                                f"{meta['vocab']} vocabulary rows, not seed {seed} and "
+                                f"{len(vocab)}")
     else:
         params = init_params(cfg, len(vocab) + 1, np.random.default_rng([seed, 1]), xp)
         state, log = adamw.init_state(params), []
@@ -129,22 +132,22 @@ def train(out, sp, steps: int | None = None, seed: int = 0, xp=np, resume: bool 
             _save_state(out, params, state, log, {"seed": seed, "vocab": len(vocab)})
     if report:
         print(file=report)
-    load = stats["load"]
     result = release.release(params, cfg, held_x, held_y, others, B)
     write_file(out / MODEL, lambda f: compact.save(f, cfg, vocab, result["tensors"]),
                force=True, recognise=is_npz)
     full = compact.expand(cfg, vocab, result["tensors"])
     write_checkpoint(out / CHECKPOINT, cfg, full, force=True)
     learned = learned_measures(model_params(full, cfg.num_layers), cfg, sp, vocab,
-                               held_tokens, seed)
+                               held_tokens, seed, recipe["sample_tokens"])
+    seconds = log[-1][-1]
     measures = {
-        "steps": steps, "tokens": tokens, "seconds": round(log[-1][-1], 1),
-        "tokens_per_second": round((tokens - start * B * T) /
-                                   max(1e-9, log[-1][-1] - (log[start - 1][-1] if start else 0)), 1),
+        "steps": steps, "tokens": tokens, "seconds": round(seconds, 1),
+        # the rate of the whole run (a resumed run's wall clock continues the killed one's)
+        "tokens_per_second": round(tokens / max(1e-9, seconds), 1),
         "heldout_loss": result["heldout_loss"],
         "heldout_loss_int8": result["heldout_loss_int8"],
         "unigram_loss": unigram,
-        "expert_load": to_numpy(load).round(3).tolist(),
+        "expert_load": to_numpy(expert_load(params, cfg, held_x[:B])).round(3).tolist(),
         "vocab_rows": len(vocab) + 1,
         "model_npz_bytes": (out / MODEL).stat().st_size,
         **learned,

@@ -57,6 +57,16 @@ def lively_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory):
+    """The built-in storyteller model (trained by `minigrok train`), in the official format."""
+    from minigrok.api import BUILTIN
+    from minigrok.formats import compact
+    cfg, vocab, tensors = compact.load(BUILTIN)
+    return mc.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "trained", cfg,
+                               compact.expand(cfg, vocab, tensors))
+
+
+@pytest.fixture(scope="session")
 def tiny_gen_dir(tmp_path_factory):
     """The tiny preset's weights (seed 0) with a 128-token context, for the runner's loop."""
     cfg = dataclasses.replace(preset("tiny"), sequence_len=128)

@@ -62,22 +62,36 @@ def sequences(draw, vocab, lengths=LENGTHS, pads_inside=True):
 
 
 def checkpoint(request, name):
-    return request.getfixturevalue({"tiny": "tiny_dir", "gqa": "gqa_dir"}[name])
+    return request.getfixturevalue({"tiny": "tiny_dir", "gqa": "gqa_dir",
+                                    "trained": "trained_dir"}[name])
 
 
 # ---------------------------------------------------------------------------- logits
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("name", ["tiny", "gqa"])
+@pytest.mark.parametrize("name", ["tiny", "gqa", "trained"])
 @oracle_settings(3)
 @given(data=st.data())
 def test_model_logits_match_the_official_model(oracle, request, name, dtype, data):
     """Python API: minigrok.load(dir).logits(ids) against the official LanguageModel
-    restored from the same files by ModelRunner.load_or_init."""
+    restored from the same files by ModelRunner.load_or_init. The trained model reads
+    stories as well as random ids (with pads), the text it was trained on."""
     path = checkpoint(request, name)
-    vocab = 131072 if name == "tiny" else 4096
+    vocab = 4096 if name == "gqa" else 131072
     tokens = data.draw(sequences(vocab), label="tokens")
+    if name == "trained" and data.draw(st.booleans(), label="a story"):
+        tokens = story_tokens(data.draw(SEEDS, label="story seed"), len(tokens))
     oc.check_model_logits(oracle, path, tokens, dtype, via="api")
+
+
+def story_tokens(seed: int, length: int) -> np.ndarray:
+    """The first ``length`` tokens of a held-out story (as the trainer encodes them)."""
+    import random
+    from minigrok.formats.tokenizer import load_tokenizer
+    from minigrok.training.stories import story
+    from testutil import tokenizer_path
+    ids = load_tokenizer(tokenizer_path()).encode(story(random.Random(f"oracle/{seed}")))
+    return np.array((ids * 2)[:length], dtype=np.int32)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -138,6 +152,15 @@ def test_greedy_generation_matches_the_official_runner_bfloat16(oracle, tiny_gen
     oc.check_generation(oracle, tiny_gen_dir, tokenizer, prompt, "bfloat16", STEPS, 32)
 
 
+@oracle_settings(2)
+@given(prompt=st.sampled_from(["Once upon a time", "One day, Mia and her dog Pip",
+                               "Long ago, there was a shy boy named Carlos. He"]))
+def test_trained_model_generates_the_official_runners_story(oracle, trained_dir, tokenizer, prompt):
+    """The trained built-in model through the official InferenceRunner as run.py runs it
+    (bfloat16): the same greedy story as minigrok's generate, near-ties excused as above."""
+    oc.check_generation(oracle, trained_dir, tokenizer, prompt, "bfloat16", STEPS, 32)
+
+
 # ---------------------------------------------------------------- checkpoint format
 
 @st.composite
@@ -151,7 +174,7 @@ def configs(draw):
         vocab_size=draw(st.integers(8, 300)))
 
 
-@pytest.mark.parametrize("name", ["tiny", "gqa"])
+@pytest.mark.parametrize("name", ["tiny", "gqa", "trained"])
 def test_official_loader_reads_minigrok_checkpoints(oracle, request, name):
     """checkpoint.restore, through ModelRunner.load_or_init, gets every parameter exactly
     as minigrok's reader returns it, file i in the same place."""

@@ -144,6 +144,14 @@ def __getattr__(name):                    # everything else: numpy's, on simulat
         if any(_is_host(a) for a in _flatten((args, kw))):
             raise TypeError(f"simulated cupy: a numpy array passed to cupy.{name}")
         return _wrap(f(*_unwrap(args), **_unwrap(kw)))
+
+    if isinstance(f, numpy.ufunc):
+        # cupy.ufunc.at (CuPy 12 and later), in place on the simulated array itself
+        def at(a, indices, b=None):
+            if any(_is_host(x) for x in _flatten((a, indices, b))):
+                raise TypeError(f"simulated cupy: a numpy array passed to cupy.{name}.at")
+            f.at(a, indices, *(() if b is None else (b,)))
+        call.at = at
     return call
 
 

@@ -1,0 +1,69 @@
+"""The built-in model (minigrok/data/storyteller.npz, made by `minigrok train`): what it
+must be, checked on the file that ships, through the reference forward.
+
+The measures of training/measures.py with the thresholds the issue set: the ids the stories
+never use get under 1% of the probability on held-out text, and a random sequence shown
+twice is predicted far better the second time (copying from the context). Greedy text from
+"Once upon a time" is made of the stories' words.
+"""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from minigrok.api import BUILTIN
+from minigrok.formats import compact
+from minigrok.formats.checkpoint import model_params
+from minigrok.formats.tokenizer import load_tokenizer
+from minigrok.training import measures, stories
+from minigrok.training.recipe import CONFIG
+
+from testutil import tokenizer_path
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg, vocab, tensors = compact.load(BUILTIN)
+    return cfg, vocab, model_params(compact.expand(cfg, vocab, tensors), cfg.num_layers)
+
+
+@pytest.fixture(scope="module")
+def sp():
+    return load_tokenizer(tokenizer_path())
+
+
+def test_it_is_the_recipes_grok1_and_fits_the_budget(model):
+    cfg, vocab, _ = model
+    assert cfg == CONFIG
+    assert BUILTIN.stat().st_size <= 15 * 1024 * 1024
+    report = json.loads(BUILTIN.with_suffix(".json").read_text())
+    assert report["vocab_rows"] == len(vocab) + 1
+    assert report["heldout_loss"] < 0.5 * report["unigram_loss"]
+
+
+def test_held_out_stories_use_only_trained_ids(model, sp):
+    _, vocab, _ = model
+    ids = {i for text in stories.corpus("heldout", 300, seed=7) for i in sp.encode(text)}
+    assert ids <= set(vocab.tolist())
+
+
+def test_never_seen_ids_get_under_one_percent_on_held_out_text(model, sp):
+    cfg, vocab, params = model
+    text = " ".join(stories.story(random.Random(f"builtin/{i}")) for i in range(3))
+    window = np.array(sp.encode(text)[:cfg.sequence_len])
+    assert measures.unseen_mass(params, cfg, vocab, window[None]) < 0.01
+
+
+def test_it_copies_a_random_sequence_from_its_context(model):
+    cfg, vocab, params = model
+    ratio = measures.copy_ratio(params, cfg, vocab[vocab > cfg.eos_token],
+                                np.random.default_rng(11), count=4)
+    assert ratio < 0.5
+
+
+def test_greedy_text_is_made_of_the_stories_words(model, sp):
+    cfg, _, params = model
+    text = measures.sample(params, cfg, sp, "Once upon a time", 60)
+    assert measures.word_share([text], stories.words()) >= 0.95, text

@@ -1,8 +1,11 @@
 """Grok-1's mixture of experts: a softmax router, top-2 choice, un-renormalised gates.
 
 The router is a float32 [D, E] matrix; its softmax runs over all E = 8 experts and the two
-largest probabilities become the gates *as they are* (they sum to less than 1; some ports
-renormalise them, which changes every output). Ties go to the lower expert index, as
+largest probabilities become the gates *as they are* (they sum to less than 1). Some ports
+renormalise them: that scales each token's MoE output by 1 / (g1 + g2), a large change
+here, but the post-MoE RMSNorm (rms_norm_3) divides any per-token factor out again, all but
+its eps, so the logits move only ~1e-5 relative (lesson 13 measures it; the oracle tests
+compare the MoE output itself, where the bug is plain). Ties go to the lower expert index, as
 ``jax.lax.top_k`` does. The official code runs all 8 experts on every token and masks out
 the unchosen ones; minigrok runs only the chosen ones, which is the same sum and is what
 lets a token touch just 2/8 of the expert weights. Pad tokens are routed like any other

@@ -217,3 +217,20 @@ print("".join(model.generate("Once upon a time", max_new_tokens=80)))
 # - Set the balance loss to 0 in a copy of the recipe: how uneven does the expert load get?
 # - Break one backward on purpose (drop the `- xn * mean(...)` term of `rms_norm_backward`)
 #   and run `python -m pytest tests/test_training.py`: which checks fail, and by how much?
+#
+# ## On the real model
+# The same backward pass, at Grok-1's size: a training step costs about 6 FLOPs per active
+# weight per token (2 forward, 4 backward), and AdamW keeps two moments beside every weight
+# and its gradient. Estimates, from the config:
+
+# %%
+from minigrok.formats.checkpoint import active_int8_bytes, tensor_specs
+
+total = sum(int(np.prod(s.shape)) for s in tensor_specs(C.GROK1))
+active = active_int8_bytes(C.GROK1) + C.GROK1.vocab_size * C.GROK1.emb_size
+print(f"weights: {C.fmt_count(total)} in all, ~{C.fmt_count(active)} touched per token")
+ours = active_int8_bytes(cfg) + report["vocab_rows"] * cfg.emb_size    # over the trained rows
+print(f"per token trained: ~{C.fmt_count(6 * active)} FLOPs (estimate); the built-in model: "
+      f"~{C.fmt_count(6 * ours)} FLOPs ({C.fmt_count(ours)} weights touched per token)")
+print(f"float32 weights + gradients + two AdamW moments: {C.fmt_bytes(16 * total)} "
+      "(estimate; xAI's training setup is not public)")

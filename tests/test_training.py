@@ -112,7 +112,7 @@ def test_attention_backward(seed, B, T, K, G, half, pads, big):
     keep[:, rng.integers(0, T, size=pads)] = False
     out, cache = gr.attention_forward(x, **w, **shape, keep=keep)
     R = rng.standard_normal(out.shape)
-    dx, dw = gr.attention_backward(R, **w, cache=cache, multiplier=shape["multiplier"])
+    dx, dw = gr.attention_backward(R, **w, cache=cache)
 
     def f(x, **w):
         return (gr.attention_forward(x, **w, **shape, keep=keep)[0] * R).sum()

@@ -118,9 +118,9 @@ def attention_forward(x, query, key, value, linear, *, num_q_heads: int, num_kv_
     return o @ linear, cache
 
 
-def attention_backward(g, query, key, value, linear, cache, *, multiplier: float):
-    """g: dL/dout [B, T, D] -> (dL/dx [B, T, D], {query, key, value, linear: dL/dW})."""
-    xp = array_module(g)
+def attention_backward(g, query, key, value, linear, cache):
+    """g: dL/dout [B, T, D] -> (dL/dx [B, T, D], {query, key, value, linear: dL/dW}).
+    (The multiplier of q.k is in the cache, folded into the cap's derivative.)"""
     x, qg, kt, vt, p, o = (cache[n] for n in ("x", "qg", "kt", "vt", "p", "o"))
     B, K, G, T, d = qg.shape
     D = x.shape[-1]

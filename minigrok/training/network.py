@@ -56,7 +56,7 @@ def layer_backward(g, layer, cfg, cache, balance: float):
     g = g + dx
     da, grads["rms_norm_1"] = rms_norm_backward(g, layer["rms_norm_1"], n1)
     dx, grads["multi_head_attention"] = attention_backward(
-        da, **layer["multi_head_attention"], cache=ca, multiplier=cfg.attn_output_multiplier)
+        da, **layer["multi_head_attention"], cache=ca)
     dx, grads["rms_norm"] = rms_norm_backward(dx, layer["rms_norm"], n0)
     return g + dx, grads, aux
 

@@ -7,7 +7,6 @@ routers stay float32, as there. The held-out loss is measured before and after, 
 quantisation's cost is a number, not a guess.
 """
 
-from ..outputs import write_file
 from ..formats.checkpoint import EMBEDDINGS, FINAL_NORM, layer_prefix
 from ..reference.config import ROW_BLOCKS
 from ..reference.quant import dequantize, quantize
@@ -56,25 +55,3 @@ def release(params, cfg, held_x, held_y, others: int, batch: int) -> dict:
             "heldout_loss_int8": heldout_loss(dequantised(params, tensors, xp), cfg, held_x,
                                               held_y, others, batch)}
 
-
-def plot_curve(log, path):
-    """The loss curve (training loss per step, held-out loss where measured) as a PNG, with
-    fixed metadata so the same run makes the same bytes. Skipped without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    steps = [r[0] for r in log]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, [r[2] for r in log], lw=0.8, label="training batch")
-    held = [(r[0], r[3]) for r in log if r[3] is not None]
-    if held:
-        ax.plot(*zip(*held), "o-", ms=3, label="held-out")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", yscale="log")
-    ax.legend()
-    fig.tight_layout()
-    write_file(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}),
-               force=True)
-    plt.close(fig)

@@ -184,7 +184,7 @@ def _save_state(out: Path, params, state, log, meta):
     lines = [",".join(COLUMNS)] + [",".join("" if v is None else f"{v:.6g}" for v in row)
                                    for row in log]
     write_file(out / LOG, lambda f: f.write(("\n".join(lines) + "\n").encode()), force=True)
-    release.plot_curve(log, out / CURVE)
+    plot_curve(log, out / CURVE)
 
 
 def _load_state(path: Path, xp):
@@ -201,3 +201,26 @@ def _load_state(path: Path, xp):
         log = [tuple(None if math.isnan(v) else v for v in row) for row in z["log"].tolist()]
         log = [(int(r[0]), *r[1:5], int(r[5]), r[6]) for r in log]
     return params, state, log, meta
+
+
+def plot_curve(log, path):
+    """The loss curve (training loss per step, held-out loss where measured) as a PNG, with
+    fixed metadata so the same run makes the same bytes. Skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    steps = [r[0] for r in log]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [r[2] for r in log], lw=0.8, label="training batch")
+    held = [(r[0], r[3]) for r in log if r[3] is not None]
+    if held:
+        ax.plot(*zip(*held), "o-", ms=3, label="held-out")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    write_file(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}),
+               force=True)
+    plt.close(fig)

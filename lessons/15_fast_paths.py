@@ -43,6 +43,7 @@ import time
 
 import _common as C
 import numpy as np
+from minigrok.bench import read_buffer, read_seconds
 from minigrok.engine import cpu, gemv, native
 from minigrok.engine.placement import plan, reserve_bytes
 from minigrok.environment import num_threads
@@ -67,10 +68,11 @@ def best_time(fn, repeats=7):
 # %% [markdown]
 # ## The CPU race
 # One token against a 4096 x 8192 int8 matrix (32 MB; a Grok-1 expert matrix is 201 MB):
-# the machine's float32 matrix-vector speed (the yardstick: bytes a BLAS product can read
-# per second), numpy's int8 -> float32 widening alone (the numpy path's ceiling: every byte
-# must be widened once), the teaching path, the numpy path and the compiled kernel, each on
-# one thread and on all of them.
+# the yardstick, a loop that only reads 1 GiB of memory on all threads
+# (`kernels/read_memory.c`; no product can read its weights faster), numpy's float32
+# matrix-vector product, numpy's int8 -> float32 widening alone (the numpy path's ceiling:
+# every byte must be widened once), the teaching path, the numpy path and the compiled
+# kernel, each on one thread and on all of them.
 
 # %%
 rng = np.random.default_rng(15)
@@ -81,9 +83,13 @@ x = rng.standard_normal((1, n_in)).astype(np.float32)
 scales = quant.bf16_to_f32(qw.scales)
 nbytes = qw.weight.nbytes
 
+memory = read_buffer()                                             # 1 GiB, larger than any cache
+YARDSTICK = "memory read\n(yardstick)"
+rates = {YARDSTICK: memory.nbytes / best_time(lambda: read_seconds(memory), repeats=5)}
+del memory
 dense = np.ones((n_in, 4 * n_out), dtype=np.float32)               # 128 MB of float32
 v = np.ones(n_in, dtype=np.float32)
-rates = {"float32 GEMV\n(yardstick)": dense.nbytes / best_time(lambda: v @ dense)}
+rates["float32 GEMV\n(numpy)"] = dense.nbytes / best_time(lambda: v @ dense)
 del dense
 buf = np.empty((cpu.CHUNK_ELEMENTS // n_out, n_out), dtype=np.float32)
 rates["widen int8\n(1 thread)"] = nbytes / best_time(
@@ -98,7 +104,7 @@ rates["numpy path\n1 thread"] = nbytes / best_time(
 rates[NUMPY] = nbytes / best_time(
     lambda: cpu.int8_matmul(x, qw.weight, scales, chunk_rows=chunk, threads=threads))
 kernel = native.native_kernel()
-colors = ["tab:gray", "tab:gray", "tab:red", "tab:blue", "tab:blue"]
+colors = ["black", "tab:gray", "tab:gray", "tab:red", "tab:blue", "tab:blue"]
 if kernel is None:
     print("(no C compiler here, or MINIGROK_NATIVE=0: only the numpy path runs)")
 else:
@@ -109,8 +115,8 @@ else:
 for name, rate in rates.items():
     C.measured(name.replace("\n", " "), f"{rate / 1e9:.1f} GB/s")
 best = max(rates[NUMPY], rates.get(f"compiled\n{threads} threads", 0))
-ratio = best / rates["float32 GEMV\n(yardstick)"]
-print(f"fastest / yardstick = {ratio:.2f}: the bandwidth efficiency `minigrok bench` reports")
+ratio = best / rates[YARDSTICK]
+print(f"fastest / yardstick = {ratio:.2f}: what `minigrok bench` reports as kernel_efficiency")
 
 fig, ax = C.plt.subplots(figsize=(8.5, 3))
 ax.bar(range(len(rates)), [r / 1e9 for r in rates.values()], color=colors)
@@ -118,19 +124,19 @@ ax.set_xticks(range(len(rates)), list(rates), fontsize=7)
 ax.set_ylabel("GB/s of weights read")
 ax.set_title(f"one token x int8 matrix on this CPU ({threads} threads; measured, varies by run)")
 fig.tight_layout()
-C.save_figure(fig, "int8_throughput")
+C.save_figure(fig, "int8_throughput", measured=True)
 
 # %% [markdown]
 # Read the bars from the left. numpy widens int8 at a few GB/s per core, well below what
 # memory delivers, so on a small CPU the widening, not the memory, sets the numpy path's
 # pace: it can only approach "widen" times the number of cores. (On the 2-core development
-# machine: widening 5-7 GB/s per core, the yardstick 17-33 GB/s, a full-width Grok-1 layer
-# at ~6 GB/s of int8: efficiency ~0.25.) The compiled kernel never writes the float32
-# copy: each 8 weights go from memory to a register, are widened there (two AVX2
-# instructions) and multiplied at once; on the same machine it reads a layer at 11-16 GB/s
-# (efficiency 0.4-0.66, median ~0.55), about as fast as that machine streams memory to its
-# cores. Read `add_rows` in `minigrok/engine/kernels/int8_matmul.c`: the plain-C loop under the AVX2 one is
-# the same arithmetic, for CPUs without AVX2.
+# machine: widening 5-9 GB/s per core, the memory read 29-33 GB/s, a full-width Grok-1 layer
+# at ~6 GB/s of int8: efficiency ~0.2.) The compiled kernel never writes the float32 copy:
+# each 8 (AVX2) or 16 (AVX-512) weights go from memory to a register, are widened there and
+# multiplied at once; on the same machine it reads a layer's products at 25-28 GB/s, 0.8-0.9
+# of the memory read (a small matrix like this one may sit in the last-level cache and
+# beat the yardstick). Read `add_rows` in `minigrok/engine/kernels/int8_matmul.c`: the
+# plain-C loop under the AVX2 one is the same arithmetic, for CPUs without AVX2.
 #
 # ## Why BLAS is held to one thread
 # OpenBLAS starts its own threads inside every product. Inside minigrok's own split that
@@ -323,13 +329,14 @@ for gpus, free, name in ((1, 79, "1 x H100 80 GB"), (4, 79, "4 x H100 80 GB"),
 # ## Try this
 # - `python -m minigrok bench --checkpoint DIR` on a full-width checkpoint
 #   (`make-checkpoint --preset grok-1 --num-layers 2`) prints `per layer ... bandwidth
-#   efficiency`: the 2-layer time minus the 1-layer time, against the yardstick.
+#   efficiency`: the 2-layer time minus the 1-layer time, against the memory read, and the
+#   `token efficiency` of a whole token, the logits over the 3.2 GB embedding included.
 # - Set `MINIGROK_THREADS=1` and rerun the first cell: how close is one thread to "widen"?
 # - Rerun the numpy path with tiles of `1 << 16` and `1 << 23` int8 elements instead of
 #   `cpu.CHUNK_ELEMENTS` (`1 << 20`): `cpu.int8_matmul(x, qw.weight, scales,
 #   chunk_rows=tile // n_out, tile_elements=tile)`. Why do both get slower?
-# - `native.native_kernel(portable=True)` builds the kernel without its AVX2 loop: put it in
-#   the race. Then run `bench` with `MINIGROK_NATIVE=0`, and compare `layer_decode_s`.
+# - `native.native_kernel(variant="portable")` builds the kernel without its AVX2 loop,
+#   `variant="avx2"` without the AVX-512 one: put them in the race. Then run `bench` with `MINIGROK_NATIVE=0`, and compare `layer_decode_s`.
 # - Exercise: write the numpy path yourself, within a memory limit:
 #   `python -m minigrok exercises check int8_matmul` (stub in `lessons/exercises/`).
 # - On a GPU: `python -m minigrok bench --checkpoint DIR --device cuda --gpu-memory 8`

@@ -67,12 +67,23 @@ print(f"\nlexicon: {len(stories.words())} words; this story: {len(stories.split_
 # near $\varepsilon \approx u^{1/3}$: about 1e-5 in float64, 1e-2 in float32, which is why the
 # gradient checks in `tests/test_training.py` run in float64.
 
+#
+# Below, the loss's sums are added left to right (`in_order`). numpy's own sums add in an
+# order that depends on the CPU's vector width (AVX2 or AVX-512), which moves their last
+# bits, and the rounding half of this figure with them: in order, the figure is the same on
+# every machine. The forward is `gradients.rms_norm_forward`'s formula, checked against it.
+
 # %%
+def in_order(a):
+    """The sum of a 1-D array, added left to right (np.cumsum adds one element at a time)."""
+    return np.cumsum(a)[-1]
+
+
 x, s, g = rng.standard_normal(16), 1 + 0.1 * rng.standard_normal(16), rng.standard_normal(16)
 y, cache = gr.rms_norm_forward(x, s)
 dx, ds = gr.rms_norm_backward(g, s, cache)
 u = rng.standard_normal(16)
-analytic = float(dx @ u)
+analytic = float(in_order(dx * u))
 print(f"analytic directional derivative: {analytic:.12f}")
 eps_grid = np.logspace(-12, -1, 23)
 errors = {}
@@ -80,7 +91,12 @@ for dtype in (np.float64, np.float32):
     xd, sd, gd, ud = (a.astype(dtype) for a in (x, s, g, u))
 
     def loss(z):
-        return float((gr.rms_norm_forward(z, sd)[0] * gd).sum(dtype=dtype))
+        r = dtype(1) / np.sqrt(in_order(z * z) / dtype(len(z)) + dtype(gr.EPS))
+        return float(in_order(z * r * sd * gd))
+
+    # the same forward as the training code's, up to the order of its sums
+    assert abs(loss(xd) - float((gr.rms_norm_forward(xd, sd)[0] * gd).sum())) <= \
+        64 * np.finfo(dtype).eps * float(np.abs(gr.rms_norm_forward(xd, sd)[0] * gd).sum())
 
     errors[dtype] = [abs((loss(xd + dtype(e) * ud) - loss(xd - dtype(e) * ud)) / (2 * e) - analytic)
                      for e in eps_grid]

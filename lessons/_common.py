@@ -7,7 +7,8 @@ minigrok's stories by lesson 16's ``minigrok train``), written into the cache on
 
 Figures go to ``lessons/figures/NN_name.png``, or to ``$MINIGROK_FIGURES`` when set (CI and
 tests point it at a temporary folder). Their bytes are reproducible: fixed seeds, fixed
-tokens, fixed size and dpi, and no version stamp in the PNG metadata. They are shown only in
+tokens, fixed size and dpi, and no version stamp in the PNG metadata; the one figure of
+measured speeds (lesson 15) goes to ``figures/measured/``, which git ignores. They are shown only in
 an interactive session (Jupyter, IPython, ``python -i``); scripts use the Agg backend.
 """
 
@@ -107,10 +108,13 @@ def figures_dir() -> Path:
     return Path(os.environ.get("MINIGROK_FIGURES") or LESSONS / "figures")
 
 
-def save_figure(fig, name: str) -> Path:
+def save_figure(fig, name: str, measured: bool = False) -> Path:
     """Write ``NN_name.png`` (NN: this lesson) into figures_dir(), reproducibly; show it only
-    when interactive. Written to a temporary file first, so a figure is never half-written."""
-    out = figures_dir() / f"{_lesson['number']:02d}_{name}.png"
+    when interactive. Written to a temporary file first, so a figure is never half-written.
+    A ``measured`` figure (speeds of the machine at hand, different on every run) goes to
+    figures_dir()/measured/, which git ignores: running the lessons changes no committed file."""
+    folder = figures_dir() / "measured" if measured else figures_dir()
+    out = folder / f"{_lesson['number']:02d}_{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, format="png", metadata={"Software": None})

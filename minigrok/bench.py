@@ -5,12 +5,15 @@ including the pages of the memory-mapped weights that were read) and RssAnon (me
 itself allocated: activations, the KV cache, temporary buffers). A memory-mapped checkpoint
 should leave RssAnon small however large the model is.
 
-Decode speed is put next to the machine's memory bandwidth, measured in the same run as a
-float32 vector times a 1 GiB matrix: decoding a token must read every active int8 weight
-once, so ``active bytes / bandwidth`` is the floor on the time per token. With more than one
+Decoding is bound by reading weights, so its yardstick is the machine's raw read bandwidth
+(``read_gb_s``): a loop that only reads a 1 GiB buffer on all threads (kernels/read_memory.c;
+on a GPU a reduction over device memory), sampled just before and just after the decode
+steps, because a shared machine's bandwidth moves from minute to minute. A decoded token must read every active int8
+weight and the embedding once, so ``token_efficiency`` is those bytes at ``read_gb_s`` over
+the measured time per token (1.0: decoding as fast as the memory reads). With more than one
 layer each decode step also runs through the first layer alone, which gives the time of one
-more layer (``layer_decode_s``, the median over the steps) and its ``bandwidth_efficiency``:
-floor / measured.
+more layer (``layer_decode_s``, the median over the steps) and its ``bandwidth_efficiency``
+the same way. numpy's float32 GEMV rate (``gemv_gb_s``) is reported beside it.
 """
 
 import contextlib
@@ -29,7 +32,7 @@ from .formats.checkpoint import active_int8_bytes
 from .reference import quant
 from .reference.attention import new_cache
 from .reference.model import forward
-from .reference.xp import to_numpy
+from .reference.xp import array_module, to_numpy
 
 
 def _status_mb() -> dict:
@@ -47,17 +50,20 @@ def _status_mb() -> dict:
 
 
 @contextlib.contextmanager
-def peak_memory(interval: float = 0.005):
-    """Yield a dict whose 'rss_mb' / 'anon_mb' hold the peaks seen while the block runs."""
-    peaks = {"rss_mb": 0.0, "anon_mb": 0.0}
+def peak_memory(interval: float = 0.005, exclude_mb: float = 0.0):
+    """Yield a dict whose 'rss_mb' / 'anon_mb' hold the peaks seen while the block runs,
+    less ``exclude_mb`` of anonymous memory that is not the model's (bench's read buffer,
+    allocated and touched before the block). Its 'interval' (seconds between samples) may be
+    changed while the block runs."""
+    peaks = {"rss_mb": 0.0, "anon_mb": 0.0, "interval": interval}
     stop = threading.Event()
 
     def sample():
         while True:
             now = _status_mb()
-            peaks["rss_mb"] = max(peaks["rss_mb"], now["VmRSS"])
-            peaks["anon_mb"] = max(peaks["anon_mb"], now["RssAnon"])
-            if stop.wait(interval):
+            peaks["rss_mb"] = max(peaks["rss_mb"], now["VmRSS"] - exclude_mb)
+            peaks["anon_mb"] = max(peaks["anon_mb"], now["RssAnon"] - exclude_mb)
+            if stop.wait(peaks["interval"]):
                 return
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -68,8 +74,40 @@ def peak_memory(interval: float = 0.005):
         stop.set()
         thread.join()
         sample_once = _status_mb()
-        peaks["rss_mb"] = max(peaks["rss_mb"], sample_once["VmRSS"])
-        peaks["anon_mb"] = max(peaks["anon_mb"], sample_once["RssAnon"])
+        peaks["rss_mb"] = max(peaks["rss_mb"], sample_once["VmRSS"] - exclude_mb)
+        peaks["anon_mb"] = max(peaks["anon_mb"], sample_once["RssAnon"] - exclude_mb)
+
+
+READ_GIB = 1.0          # the read yardstick's buffer: far larger than any CPU's or GPU's cache
+
+
+def read_buffer(xp=np, gib: float = READ_GIB):
+    """The buffer read_seconds reads: ``gib`` GiB, every page touched (np.ones writes them)."""
+    return xp.ones(int(gib * 2**30), dtype=xp.uint8)
+
+
+def read_seconds(buf) -> float:
+    """Seconds to read ``buf`` once: on a CPU by kernels/read_memory.c on all of the engine's
+    threads (numpy's XOR reduction where nothing compiles), on a GPU by a CuPy reduction,
+    timed between two events on its stream."""
+    if isinstance(buf, np.ndarray):
+        kernel = native_kernel("read_memory")
+        words = buf.view(np.uint64)
+
+        def read(r0, r1):
+            if kernel is not None:
+                return kernel(buf.ctypes.data + 8 * r0, 8 * (r1 - r0))
+            return np.bitwise_xor.reduce(words[r0:r1])
+        t = time.perf_counter()
+        parallel_map(read, split_range(len(words), num_threads(), 16))
+        return time.perf_counter() - t
+    xp = array_module(buf)
+    start, end = xp.cuda.Event(), xp.cuda.Event()
+    start.record()
+    buf.view(xp.uint64).sum()
+    end.record()
+    end.synchronize()
+    return xp.cuda.get_elapsed_time(start, end) / 1e3
 
 
 def gemv_bandwidth(xp=np, gib: float = 1.0, repeats: int = 5) -> float:
@@ -162,10 +200,16 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         if xp is np:                  # (on a GPU after the load: its memory plan comes first)
             result.update(int8_kernel_bandwidth(xp))
             result["widen_gb_s"] = widen_bandwidth()
-    with peak_memory() as peaks:
+    # The read yardstick's buffer: on a CPU allocated before the memory is watched (and
+    # subtracted from it: it is not the model's), on a GPU after the load.
+    buf = read_buffer() if bandwidth and xp is np else None
+    reads = []
+    with peak_memory(exclude_mb=buf.nbytes / 2**20 if buf is not None else 0.0) as peaks:
         t0 = time.perf_counter()
         m = Model(checkpoint, device, gpu_memory=gpu_memory)
         result["load_s"] = time.perf_counter() - t0
+        if bandwidth and buf is None:
+            buf = read_buffer(xp)
         cfg = m.config
         # A fixed, pad-free prompt: the same work on every run.
         prompt = xp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, prompt_len))
@@ -183,6 +227,14 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         if first is not None:
             cache1 = new_cache(1, prompt_len + new_tokens, cfg.num_kv_heads, cfg.key_size)
             forward(first, cfg, prompt, cache1, last_only=True, layer_fn=m.layer_fn)
+        # The yardstick is read just before and just after the steps, under the same
+        # neighbours. (Read between the steps, it slowed them: 255 against 235 ms a token
+        # on 2 full-width layers, the caches and the memory's open pages left cold.)
+        reads += [read_seconds(buf) for _ in range(3 if bandwidth else 0)]
+        # Decoding allocates little (its cache is made above): memory is sampled less often,
+        # since every 5 ms the sampler's wake-ups cost the steps ~3% on 2 cores (4.51-4.57
+        # against 4.66-4.67 tokens/s on 2 full-width layers).
+        peaks["interval"] = 0.05
         decode, extra = 0.0, []
         for _ in range(new_tokens):
             next_token, seconds = _step(m, m.params, token, cache)
@@ -191,6 +243,8 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
                 extra.append((seconds - _step(m, first, token, cache1)[1])
                              / (cfg.num_layers - 1))
             token = next_token
+        reads += [read_seconds(buf) for _ in range(3 if bandwidth else 0)]
+        del buf
         if extra:
             result["layer_decode_s"] = float(np.median(extra))
     per_token = active_int8_bytes(cfg) / 1e9
@@ -202,10 +256,14 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         weight_gb_per_token=per_token,
         embedding_gb_per_token=cfg.vocab_size * cfg.emb_size * 4 / 1e9,
         num_layers=cfg.num_layers)
+    if reads:
+        result["read_gb_s"] = READ_GIB * 2**30 / float(np.median(reads)) / 1e9
     if new_tokens:
         # Bytes a decode step must stream: the active int8 weights and the fp32 embedding.
         streamed = per_token + result["embedding_gb_per_token"]
         result["effective_gb_s"] = streamed * new_tokens / decode
+        if reads:
+            result["token_efficiency"] = result["effective_gb_s"] / result["read_gb_s"]
     if xp is not np:
         streamed = [isinstance(layer["multi_head_attention"]["query"], StreamedWeight)
                     for layer in m.params["layers"]]
@@ -215,12 +273,12 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
         if bandwidth:
             result.update(int8_kernel_bandwidth(xp))
     if "int8_gemv_gb_s" in result:
-        result["kernel_efficiency"] = result["int8_gemv_gb_s"] / result["gemv_gb_s"]
+        result["kernel_efficiency"] = result["int8_gemv_gb_s"] / result["read_gb_s"]
     if "layer_decode_s" in result:
         result["layer_gb"] = per_token / cfg.num_layers
         if bandwidth:
-            # The floor: reading one layer's active int8 bytes at the GEMV bandwidth.
-            floor = result["layer_gb"] / result["gemv_gb_s"]
+            # The floor: reading one layer's active int8 bytes at the raw read bandwidth.
+            floor = result["layer_gb"] / result["read_gb_s"]
             result["bandwidth_efficiency"] = floor / result["layer_decode_s"]
     # Four significant digits: a small checkpoint's GB and seconds are fractions of a thousandth.
     return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}

@@ -180,7 +180,12 @@ def cmd_bench(args):
         print(f"decode          {r['decode_tok_s']:.2f} tokens/s ({r['new_tokens']} tokens)")
         print(f"streamed        {r['weight_gb_per_token']:.3f} GB int8 + "
               f"{r['embedding_gb_per_token']:.3f} GB fp32 embeddings per token = "
-              f"{r['effective_gb_s']:.2f} GB/s (float32 GEMV on this machine: {r['gemv_gb_s']} GB/s)")
+              f"{r['effective_gb_s']:.2f} GB/s")
+    if "read_gb_s" in r:
+        print(f"memory          {r['read_gb_s']:.3g} GB/s raw read (float32 GEMV: "
+              f"{r['gemv_gb_s']:.3g} GB/s)" + (
+                  f": token efficiency {r['token_efficiency']:.2f}"
+                  if "token_efficiency" in r else ""))
     if "resident_layers" in r:
         print(f"gpu             {r['resident_layers']} layers resident, {r['streamed_layers']} "
               f"streamed from the host, {r['gpu_pool_mb']:.0f} MB in CuPy's pool")

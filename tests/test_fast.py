@@ -95,12 +95,13 @@ def test_thread_count_comes_from_the_environment(monkeypatch):
 
 # -- the compiled int8 GEMV ------------------------------------------------------------------
 
-def kernels():
-    """(name, kernel) for both builds of kernels/int8_matmul.c; skips where nothing compiles."""
-    best, portable = native.native_kernel(), native.native_kernel(portable=True)
-    if best is None or portable is None:
+def kernels(name="int8_matmul"):
+    """(variant, kernel) for every build of kernels/<name>.c (native.VARIANTS: this CPU's
+    best, AVX2 without AVX-512, plain C); skips where nothing compiles."""
+    built = [(variant, native.native_kernel(name, variant)) for variant in native.VARIANTS]
+    if any(kernel is None for _, kernel in built):
         pytest.skip("no working C compiler ($CC or cc): the numpy path runs instead")
-    return [("native", best), ("portable", portable)]
+    return built
 
 
 def int8_problem(rng, n_in, n_out, blocks, T=1):
@@ -194,6 +195,69 @@ def test_native_matmul_refuses_a_weight_it_would_have_to_copy():
     w = np.zeros((8, 16), dtype=np.int8)
     with pytest.raises(ValueError, match="C-contiguous int8"):
         native.native_matmul(np.ones((1, 8), np.float32), w.T.copy().T, np.ones((1, 16)), kernel)
+
+
+# -- the compiled logits over the embedding, and the read yardstick -----------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, native.NATIVE_TOKENS), V=st.integers(1, 70), D=st.integers(1, 80),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_native_unembed_equals_h_times_matrix_transposed(T, V, D, threads, seed):
+    # V 1..70 leaves 0-3 rows after the groups of 4 and splits unevenly between threads; D
+    # 1..80 leaves 0-15 values after the 16-wide steps. The matrix is unaligned, as a
+    # checkpoint's float32 payload usually is, and is read where it lies.
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((T, D)).astype(np.float32)
+    m = unaligned(rng.standard_normal((V, D)).astype(np.float32))
+    ref = h.astype(np.float64) @ m.astype(np.float64).T
+    bound = np.abs(h).astype(np.float64) @ np.abs(m).astype(np.float64).T
+    for variant, kernel in kernels("unembed"):
+        out = native.native_unembed(h, m, kernel, threads=threads)
+        assert out.shape == (T, V) and out.dtype == np.float32, variant
+        # float32 sums of at most 80 products: within 80 roundings of 2^-24 of the bound
+        assert np.all(np.abs(out - ref) <= 1e-5 * bound + 1e-30), variant
+        # each row's sums are its own: neither threads nor the other tokens change a bit
+        np.testing.assert_array_equal(out, native.native_unembed(h, m, kernel, threads=1))
+        np.testing.assert_array_equal(out[-1:], native.native_unembed(h[-1:], m, kernel))
+
+
+def test_matmul_transposed_sends_a_few_tokens_to_the_compiled_kernel(monkeypatch):
+    kernels("unembed")
+    rng = np.random.default_rng(4)
+    h = rng.standard_normal((native.NATIVE_TOKENS + 1, 64)).astype(np.float32)
+    m = unaligned(rng.standard_normal((300, 64)).astype(np.float32))
+    ref = h.astype(np.float64) @ m.astype(np.float64).T
+    calls = []
+    real = native.native_unembed
+    monkeypatch.setattr(cpu, "native_unembed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for T in (1, native.NATIVE_TOKENS):
+        np.testing.assert_allclose(cpu.matmul_transposed(h[:T], m), ref[:T], rtol=1e-4, atol=1e-4)
+    assert calls == [1, 1]
+    cpu.matmul_transposed(h, m)                               # more tokens: BLAS on copies
+    cpu.matmul_transposed(h[:1], m, chunk_rows=7)             # a chunk size asks for the copies
+    assert calls == [1, 1]
+    monkeypatch.setenv("MINIGROK_NATIVE", "0")
+    np.testing.assert_allclose(cpu.matmul_transposed(h[:1], m), ref[:1], rtol=1e-4, atol=1e-4)
+    assert calls == [1, 1]
+
+
+def test_native_unembed_refuses_a_matrix_it_would_have_to_copy():
+    kernel = kernels("unembed")[0][1]
+    m = np.zeros((16, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        native.native_unembed(np.ones((1, 8), np.float32), m.T.copy().T, kernel)
+
+
+@settings(max_examples=30, deadline=None)
+@given(words=st.integers(0, 200), offset=st.integers(0, 7), seed=st.integers(0, 2**32 - 1))
+def test_read_memory_reads_every_word(words, offset, seed):
+    # The XOR of all the 8-byte words: wrong if any word is skipped or read twice (the 128-byte
+    # steps, the tail, a start off any alignment).
+    raw = np.random.default_rng(seed).integers(0, 256, 8 * words + 8, dtype=np.uint8)
+    buf = raw[offset:offset + 8 * words]
+    expected = int(np.bitwise_xor.reduce(buf.view(np.uint64))) if words else 0
+    for variant, kernel in kernels("read_memory"):
+        assert kernel(buf.ctypes.data, buf.nbytes) == expected, variant
 
 
 # -- the GPU's TF32 split, checked with numpy ---------------------------------------------------

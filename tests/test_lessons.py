@@ -33,7 +33,7 @@ FIGURES = {
     "12": ["12_nucleus.png"],
     "13": ["13_mutants.png"],
     "14": ["14_bytes_per_token.png"],
-    "15": ["15_int8_throughput.png"],
+    "15": ["measured/15_int8_throughput.png"],
     "16": ["16_gradient_check.png", "16_loss_curve.png"],
 }
 
@@ -66,12 +66,26 @@ def test_lesson_runs_as_a_script(lesson, lesson_env, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     assert r.stdout.startswith(f"lesson {lesson.name[:2]}: ")
-    made = sorted(p.name for p in tmp_path.glob("*.png"))
+    made = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
     assert made == FIGURES.get(lesson.name[:2], [])
     for name in made:
         FIRST_RUN[name] = (tmp_path / name).read_bytes()
         assert FIRST_RUN[name][:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob(".*"))                       # no half-written figure left
+    assert not list(tmp_path.rglob(".*"))                      # no half-written figure left
+
+
+def test_the_committed_figures_are_what_the_lessons_make():
+    # Running the lessons leaves the checkout as it was: every committed figure is, byte for
+    # byte, what its lesson wrote in the runs above (the measured one is not committed).
+    committed = sorted(p.name for p in (REPO / "lessons" / "figures").glob("*.png"))
+    expected = sorted(n for names in FIGURES.values() for n in names if "/" not in n)
+    assert committed == expected
+    ran = [name for name in committed if name in FIRST_RUN]
+    if not ran:
+        pytest.skip("run with the lessons' own tests (-k lesson): no lesson ran in this session")
+    for name in ran:
+        assert (REPO / "lessons" / "figures" / name).read_bytes() == FIRST_RUN[name], \
+            f"lessons/figures/{name} is not what its lesson makes now: rerun the lesson"
 
 
 def test_at_least_five_figures_in_all():

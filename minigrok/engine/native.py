@@ -1,23 +1,26 @@
-"""The CPU's compiled int8 product: kernels/int8_matmul.c, built on first use, called by ctypes.
+"""The CPU's compiled kernels, built on first use and called by ctypes: the int8 product
+(kernels/int8_matmul.c), the logits over the float32 embedding (kernels/unembed.c) and a
+plain memory read, bench's yardstick (kernels/read_memory.c).
 
 numpy's int8 -> float32 copy is the ceiling of engine/cpu.py's tiles: ~6 GB/s of int8 per core here
 (`widen_gb_s`), a quarter of what the memory delivers. Widening in registers, where the
-product uses it at once, needs compiled code. This is that code, in C
-(kernels/int8_matmul.c), built on first use with the system's C compiler ($CC, else cc) and
-kept in cache_dir()/native; ctypes releases the GIL while it runs, so the work is split
-between the same threads. Where no compiler works, or MINIGROK_NATIVE=0, the numpy tiles of
-engine/cpu.py run instead (``native_kernel()`` says which).
+product uses it at once, needs compiled code. This is that code, in C, built on first use
+with the system's C compiler ($CC, else cc) and kept in cache_dir()/native; ctypes releases
+the GIL while it runs, so the work is split between the same threads. Where no compiler
+works, or MINIGROK_NATIVE=0, the numpy tiles of engine/cpu.py run instead
+(``native_kernel()`` says which).
 
   * the kernel computes one scale block, (x_b @ q_b) * s_b, and native_matmul adds the blocks
     in order: the same sums, rounded the same way, as the numpy path's;
   * 16384 columns at a time for one token (16384 / T for T tokens): their sums (64 KB) stay
-    in the second-level cache while four weight rows stream past them; measured on this
+    in the second-level cache while the weight rows stream past them; measured on this
     2-core EPYC with one token, 2048 columns gave 7.5 GB/s on two threads, 8192 gave 12-14;
     16384 was 5-14% faster again on a 6144 x 32768 matrix alone, equal inside a layer;
-  * the widening is written once in plain C, which compilers vectorise, and once with AVX2
-    intrinsics: one 8-byte load per 8 weights, and the next rows fetched ahead (~30% faster
-    than the plain C on one thread here, ~15% on two); both add each row's product in the
-    same order;
+  * the widening is written once in plain C, which compilers vectorise, once with AVX2
+    intrinsics (one 8-byte load per 8 weights, 4 rows a pass, the next rows fetched ahead:
+    ~30% faster than the plain C on one thread here, ~15% on two) and, for one token, once
+    with AVX-512 (8 rows a pass, 64 columns a step: 22.0 -> 24.8 GB/s over a whole layer's
+    products); all add each row's product in the same order;
   * threads take whole scale blocks where there are several (a block's rows lie one after
     another, so each thread reads one long stretch: 13.4 -> 14.6 GB/s on a 32768 x 6144
     expert matrix alone, equal inside a layer; 8-token prefill products 10% faster), else
@@ -48,7 +51,7 @@ from .threads import PARALLEL_ELEMENTS, parallel_map, split_range
 # 87-94 / 85-93 while the rows of sums lay 8 KB apart (see int8_matmul in the C), 73-80 /
 # 87-103 since.
 NATIVE_TOKENS = 8
-_native = {}            # portable (bool) -> the ctypes function, or None: built, or not
+_native = {}            # (name, variant) -> the ctypes function, or None: built, or not
 _native_lock = threading.Lock()
 
 
@@ -75,19 +78,30 @@ def _trusted(path) -> bool:
     return True
 
 
-def build_kernel(portable: bool = False):
-    """Compile kernels/int8_matmul.c into the cache (once per source, compiler and CPU) and
+# The compiled kernels: name (its source kernels/<name>.c and its C function) -> the
+# function's argument types. Each is built into its own library.
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+SIGNATURES = {
+    "int8_matmul": ([_P, _I, _P, _P, _P, _I, _I, _I, _I, _I], None),
+    "unembed": ([_P, _I, _P, _I, _P, _I, _I, _I], None),
+    "read_memory": ([_P, _I], ctypes.c_uint64),
+}
+# Builds of each kernel: "best" for this CPU (-march=native: AVX-512 where it is there),
+# "avx2" without AVX-512, "portable" the plain C loops alone (the tests check all three).
+VARIANTS = {"best": [], "avx2": ["-mno-avx512f"], "portable": ["-DMINIGROK_PORTABLE"]}
+
+
+def build_kernel(name: str = "int8_matmul", variant: str = "best"):
+    """Compile kernels/<name>.c into the cache (once per source, compiler, flags and CPU) and
     load it: the ctypes function, or None where nothing compiles. ``native_kernel`` keeps
     what this returns for the rest of the process."""
-    code = source("int8_matmul.c")
+    code = source(f"{name}.c")
     cc = os.environ.get("CC") or "cc"
-    attempts = [["-O3", "-march=native"], ["-O3"]]
-    if portable:
-        attempts = [flags + ["-DMINIGROK_PORTABLE"] for flags in attempts]
+    attempts = [["-O3", "-march=native"] + VARIANTS[variant], ["-O3"] + VARIANTS[variant]]
     folder = cache_dir() / "native"
     for flags in attempts:
         key = hashlib.sha256("\0".join([code, cc, *flags, _cpu_id()]).encode())
-        path = folder / f"int8_matmul-{key.hexdigest()[:16]}.so"
+        path = folder / f"{name}-{key.hexdigest()[:16]}.so"
         if not path.exists():
             try:
                 folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -104,27 +118,23 @@ def build_kernel(portable: bool = False):
         try:
             if not _trusted(path):
                 return None
-            fn = ctypes.CDLL(str(path)).int8_matmul
+            fn = getattr(ctypes.CDLL(str(path)), name)
         except (OSError, AttributeError):
             continue
-        fn.argtypes = ([ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3
-                       + [ctypes.c_int64] * 5)
-        fn.restype = None
+        fn.argtypes, fn.restype = SIGNATURES[name]
         return fn
     return None
 
 
-def native_kernel(portable: bool = False):
-    """The compiled int8 product (a ctypes function), or None: MINIGROK_NATIVE=0, or no compiler.
-
-    ``portable`` builds the plain-C loop even where AVX2 is there (the tests check both).
-    """
+def native_kernel(name: str = "int8_matmul", variant: str = "best"):
+    """The compiled kernel ``name`` (a ctypes function), or None: MINIGROK_NATIVE=0, or no
+    compiler. ``variant``: a key of VARIANTS."""
     if os.environ.get("MINIGROK_NATIVE", "1") == "0":
         return None
     with _native_lock:
-        if portable not in _native:
-            _native[portable] = build_kernel(portable)
-    return _native[portable]
+        if (name, variant) not in _native:
+            _native[name, variant] = build_kernel(name, variant)
+    return _native[name, variant]
 
 
 def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
@@ -169,3 +179,23 @@ def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
     for b in range(1, blocks):                                   # the blocks in order
         y += out[b]
     return y
+
+
+def native_unembed(h, matrix, kernel=None, threads: int | None = None):
+    """h [T, D] float32 @ matrix [V, D].T -> [T, V] float32 by kernels/unembed.c (``kernel``,
+    else ``native_kernel("unembed")``), the rows split between threads. The matrix is read
+    where it lies, aligned or not; it must be C-contiguous float32 (a checkpoint's is)."""
+    kernel = kernel or native_kernel("unembed")
+    if kernel is None:
+        raise RuntimeError("native_unembed: no compiled kernel (MINIGROK_NATIVE=0, or no C "
+                           "compiler): use cpu.matmul_transposed, which falls back to numpy")
+    n_rows, dim = matrix.shape
+    if not matrix.flags.c_contiguous or matrix.dtype != np.float32:
+        raise ValueError(f"native_unembed: matrix must be C-contiguous float32, got {matrix.dtype}")
+    h = np.ascontiguousarray(h, dtype=np.float32)
+    out = np.empty((h.shape[0], n_rows), dtype=np.float32)
+    threads = threads or num_threads()
+    parallel_map(lambda r0, r1: kernel(h.ctypes.data, h.shape[0], matrix.ctypes.data, dim,
+                                       out.ctypes.data, n_rows, r0, r1),
+                 split_range(n_rows, threads, 64))
+    return out

@@ -233,6 +233,10 @@ print("".join(model.generate("Once upon a time", max_new_tokens=80)))
 # - Set the balance loss to 0 in a copy of the recipe: how uneven does the expert load get?
 # - Break one backward on purpose (drop the `- xn * mean(...)` term of `rms_norm_backward`)
 #   and run `python -m pytest tests/test_training.py`: which checks fail, and by how much?
+# - Exercises: write RMSNorm's backward and the soft-capped attention's backward yourself,
+#   `python -m minigrok exercises check rmsnorm_backward` and `... check
+#   softcap_attention_backward` (stubs in `lessons/exercises/`); both are checked by central
+#   finite differences of minigrok's forward, like the cells above.
 #
 # ## On the real model
 # The same backward pass, at Grok-1's size: a training step costs about 6 FLOPs per active

@@ -1,5 +1,6 @@
-"""The exercises encode_prompt, decode, checkpoint_order, embed_unembed, decoder_layer and
-greedy_generate: what their graders build for themselves holds to minigrok's real code.
+"""The exercises encode_prompt, decode, checkpoint_order, embed_unembed, decoder_layer,
+greedy_generate, rmsnorm_backward and softcap_attention_backward: what their graders build
+for themselves holds to minigrok's real code.
 
 The generic checks (the stub fails with "not implemented yet", the reference passes, every
 listed mistake fails with its hint) run for every exercise in tests/test_lessons.py. Here:
@@ -15,9 +16,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from minigrok import exercises
-from minigrok.exercises import checkpoint_files, model, tokens
+from minigrok.exercises import backward, checkpoint_files, model, tokens
 from minigrok.formats import checkpoint, tokenizer
 from minigrok.reference.config import preset
 from minigrok.reference.generate import generate_tokens
@@ -26,7 +28,7 @@ from minigrok.reference.rmsnorm import rms_norm
 from testutil import tokenizer_path
 
 NEW = ["encode_prompt", "decode", "checkpoint_order", "embed_unembed", "decoder_layer",
-       "greedy_generate"]
+       "greedy_generate", "rmsnorm_backward", "softcap_attention_backward"]
 
 
 def test_registered_in_teaching_order():
@@ -35,7 +37,9 @@ def test_registered_in_teaching_order():
     lesson = [exercises.get(n).lesson[:2] for n in names]
     assert names[:4] == ["encode_prompt", "decode", "checkpoint_order", "embed_unembed"]
     assert names.index("decoder_layer") == names.index("expert_ffn") + 1
-    assert names[-1] == "greedy_generate" and lesson[-1] == "12"
+    assert names[-3] == "greedy_generate" and lesson[-3] == "12"
+    assert names[-2:] == ["rmsnorm_backward", "softcap_attention_backward"]
+    assert lesson[-2:] == ["16", "16"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -225,6 +229,41 @@ def greedy_generate(forward, prompt, max_new_tokens, eos_token):
             break
     return np.array(new, dtype=np.int64)
 """,
+    # written as a student would: the chain rule step by step, not minigrok's formula
+    "rmsnorm_backward": """
+import numpy as np
+def rms_norm_backward(x, scale, grad, eps=1e-5):
+    D = x.shape[-1]
+    ms = (x * x).mean(-1, keepdims=True) + eps
+    r = ms ** -0.5
+    dxn = grad * scale
+    dr = (dxn * x).sum(-1, keepdims=True)
+    dms = dr * -0.5 * ms ** -1.5
+    return dxn * r + dms * 2 * x / D, (grad * x * r).sum(0)
+""",
+    "softcap_attention_backward": """
+import numpy as np
+def attention_backward(q, k, v, keep, offset, multiplier, grad):
+    T, K, G, d = q.shape
+    S = k.shape[0]
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for h in range(K):
+        for g in range(G):
+            for t in range(T):
+                raw = q[t, h, g] @ k[:, h].T * multiplier
+                s = 30 * np.tanh(raw / 30)
+                ok = (np.arange(S) <= offset + t) & keep
+                s = np.where(ok, s, -1e30)
+                p = np.exp(s - s.max())
+                p /= p.sum()
+                dv[:, h] += np.outer(p, grad[t, h, g])
+                dp = v[:, h] @ grad[t, h, g]
+                ds = p * (dp - p @ dp)
+                ds = np.where(ok, ds * (1 - np.tanh(raw / 30) ** 2), 0) * multiplier
+                dq[t, h, g] = ds @ k[:, h]
+                dk[:, h] += np.outer(ds, q[t, h, g])
+    return dq, dk, dv
+""",
 }
 
 
@@ -246,3 +285,44 @@ def test_feedback_is_the_same_on_every_run():
         runs.append(out)
     assert runs[0] == runs[1]
     assert not any("0x7f" in line or " at 0x" in line for line in runs[0])
+
+
+# ------------------------------------------------------------------ the backward passes
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 4), D=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
+def test_rmsnorm_backward_model_answer_is_the_training_codes(T, D, seed):
+    from minigrok.training import gradients
+
+    rng = np.random.default_rng(seed)
+    x, g = rng.standard_normal((T, D)), rng.standard_normal((T, D))
+    scale = rng.standard_normal(D)
+    dx, dscale = gradients.rms_norm_backward(g, scale, gradients.rms_norm_forward(x, scale)[1])
+    mine = backward._rms_backward(x, scale, g)
+    # the model answer rounds to float32 at the end: within float32's rounding of float64
+    np.testing.assert_allclose(mine[0], dx, rtol=1e-6, atol=1e-6 * np.abs(dx).max())
+    np.testing.assert_allclose(mine[1], dscale, rtol=1e-6, atol=1e-6 * np.abs(dscale).max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=backward._attnb_cases(st, hnp))
+def test_softcap_attention_backward_model_answer_is_the_derivative(case):
+    # Every component of the gradient, against a central difference of the reference's
+    # forward in float64 (not only along one direction, as the grader checks a student).
+    c = {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+         for k, v in case.items()}
+    grads = backward._attention_backward(c["q"], c["k"], c["v"], c["keep"], c["offset"],
+                                         c["multiplier"], c["grad"])
+
+    def loss(**moved):
+        a = {**c, **moved}
+        return float((backward._context64(a["q"], a["k"], a["v"], a["keep"], a["offset"],
+                                          a["multiplier"]) * a["grad"]).sum())
+    h = 1e-6
+    for name, got in zip(("q", "k", "v"), grads):
+        for i in np.ndindex(c[name].shape):
+            up, down = c[name].copy(), c[name].copy()
+            up[i] += h
+            down[i] -= h
+            numeric = (loss(**{name: up}) - loss(**{name: down})) / (2 * h)
+            assert abs(got[i] - numeric) <= 1e-4 * (1 + abs(numeric)), (name, i)

@@ -1,6 +1,7 @@
 """The exercises in teaching order: ``EXERCISES`` maps each name to its Exercise."""
 
 from .attention import GQA, SOFTCAP_ATTENTION
+from .backward import RMSNORM_BACKWARD, SOFTCAP_ATTENTION_BACKWARD
 from .checkpoint_files import CHECKPOINT_ORDER
 from .generation import KV_CACHE, NUCLEUS
 from .grading import Exercise
@@ -13,5 +14,5 @@ from .weights import DEQUANTIZE, INT8_MATMUL
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in [
     ENCODE_PROMPT, DECODE, CHECKPOINT_ORDER, EMBED_UNEMBED,
     RMSNORM, ROPE, SOFTCAP_ATTENTION, GQA, ROUTER_TOP2, EXPERT_FFN, DECODER_LAYER, DEQUANTIZE,
-    INT8_MATMUL, NUCLEUS, KV_CACHE, GREEDY_GENERATE,
+    INT8_MATMUL, NUCLEUS, KV_CACHE, GREEDY_GENERATE, RMSNORM_BACKWARD, SOFTCAP_ATTENTION_BACKWARD,
 ]}

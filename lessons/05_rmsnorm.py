@@ -109,11 +109,13 @@ fig, ax = C.plt.subplots(figsize=(6.4, 3.4))
 after = range(1, cfg.num_layers + 1)
 ax.plot(range(cfg.num_layers + 1), stream, "o-", color="tab:blue",
         label="rms of the residual stream h")
-# The scales are drawn over the updates: where the two coincide, the claim holds.
-ax.plot(after, rows[:, 0], "s-", color="tab:orange", ms=8, mfc="none", label="attention's update")
-ax.plot(after, rows[:, 1], "x:", color="saddlebrown", label="rms(rms_norm_1 scale)")
-ax.plot(after, rows[:, 2], "^-", color="tab:green", ms=8, mfc="none", label="MoE's update")
-ax.plot(after, rows[:, 3], "x:", color="darkgreen", label="rms(rms_norm_3 scale)")
+# The updates are open markers only and the scales dotted lines through them: where a line
+# passes through its markers, the claim holds. (A solid line for the updates hid the
+# dotted one beneath it wherever the two coincide, which is everywhere.)
+ax.plot(after, rows[:, 0], "s", color="tab:orange", ms=9, mfc="none", label="attention's update")
+ax.plot(after, rows[:, 1], "x:", color="saddlebrown", lw=1.5, label="rms(rms_norm_1 scale)")
+ax.plot(after, rows[:, 2], "^", color="tab:green", ms=9, mfc="none", label="MoE's update")
+ax.plot(after, rows[:, 3], "x:", color="darkgreen", lw=1.5, label="rms(rms_norm_3 scale)")
 ax.set_xticks(range(cfg.num_layers + 1))
 ax.set_xlabel("after layer (0 = the embeddings)")
 ax.set_ylabel("rms")

@@ -35,6 +35,7 @@ FIGURES = {
     "14": ["14_bytes_per_token.png"],
     "15": ["measured/15_int8_throughput.png"],
     "16": ["16_gradient_check.png", "16_loss_curve.png"],
+    "17": ["17_port_errors.png"],
 }
 
 
@@ -55,8 +56,8 @@ def run_lesson(path, env, figures, *args, cwd=None):
                           env=full, capture_output=True, text=True, timeout=120)
 
 
-def test_there_are_sixteen_numbered_lessons():
-    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 17)]
+def test_there_are_seventeen_numbered_lessons():
+    assert [p.name[:2] for p in LESSONS] == [f"{i:02d}" for i in range(1, 18)]
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)

@@ -34,10 +34,10 @@
 # **The code.** `tests/oracle/official_logits.py`, `tests/oracle/oracle_checks.py`,
 # `tests/oracle/test_oracle_mutants.py`; the mutants here patch `minigrok/reference/moe.py`'s
 # `route` and `gelu`, `minigrok/reference/attention.py`'s `apply_rope` and `SOFT_CAP`, and
-# reorder `params["layers"]`.
+# reorder `params["layers"]` (`patched` and two of the mutants are in `lessons/_common.py`,
+# shared with lesson 17).
 
 # %%
-import contextlib
 import math
 import os
 import subprocess
@@ -52,7 +52,6 @@ from minigrok.reference import attention as attention_module
 from minigrok.reference import moe as moe_module
 from minigrok.reference.model import forward
 from minigrok.reference.rmsnorm import EPS, rms_norm
-from minigrok.reference.rope import rope_angles
 
 args = C.setup(13, "checking against the official code")
 model = C.load(args)
@@ -64,15 +63,7 @@ pieces = C.labels(tokens)
 TOL = {"float32": 1e-5, "bfloat16": 8 * 2.0 ** -8}
 
 
-@contextlib.contextmanager
-def patched(module, name, value):
-    """Swap ``module.name`` for ``value`` inside the block (how the mutants are planted)."""
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
+patched = C.patched        # swaps module.name for a value inside a with-block
 
 
 def damage(logits, ref):
@@ -101,22 +92,13 @@ def damage(logits, ref):
 # logits: only there *can* the top token change.
 
 # %%
-def renormalised_route(x, router, k, _route=moe_module.route):
-    probs, ids, gates = _route(x, router, k)
-    return probs, ids, gates / gates.sum(-1, keepdims=True)
+renormalised_route = C.renormalised_route     # gates / gates.sum(-1): see lessons/_common.py
+interleaved_rope = C.interleaved_rope         # pairs (2i, 2i+1), the same angles
 
 
 def erf_gelu(x):
     erf = np.vectorize(math.erf, otypes=[np.float32])
     return 0.5 * x * (1 + erf(x / np.float32(math.sqrt(2))))
-
-
-def interleaved_rope(x, positions):
-    ang = rope_angles(positions, x.shape[-1])[:, None, : x.shape[-1] // 2]     # same angles
-    out = np.empty(x.shape, np.float32)
-    out[..., 0::2] = x[..., 0::2] * np.cos(ang) - x[..., 1::2] * np.sin(ang)
-    out[..., 1::2] = x[..., 0::2] * np.sin(ang) + x[..., 1::2] * np.cos(ang)
-    return out
 
 
 # The "no soft cap" mutant acts on the scores before the cap, which forward keeps to itself:

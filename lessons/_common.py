@@ -13,6 +13,7 @@ an interactive session (Jupyter, IPython, ``python -i``); scripts use the Agg ba
 """
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 
 
 from minigrok.errors import MinigrokError  # noqa: E402
 from minigrok.reference.config import GROK1  # noqa: E402,F401
+from minigrok.reference.moe import route  # noqa: E402
+from minigrok.reference.rope import rope_angles  # noqa: E402
 
 # A story of the kind the built-in model was trained on, in Grok-1's tokenizer (lesson 01
 # checks these against the real tokenizer.model). "Mia" comes three times: to predict the
@@ -190,3 +193,33 @@ def labels(tokens) -> list:
     if ids == TOKENS[:len(ids)]:
         return PIECES[:len(ids)]
     return [str(t) for t in ids]
+
+
+# -- planted porting bugs (lessons 13 and 17) --------------------------------------------------
+
+@contextlib.contextmanager
+def patched(module, name, value):
+    """Swap ``module.name`` for ``value`` inside the block: how a lesson plants a porting bug
+    in minigrok's own forward (``patched(moe, "route", renormalised_route)``)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def renormalised_route(x, router, k, _route=route):
+    """moe.route with the two gates divided by their sum (Mixtral-style routing code). The
+    real route is bound here, once: inside the patch, moe.route is this function."""
+    probs, ids, gates = _route(x, router, k)
+    return probs, ids, gates / gates.sum(-1, keepdims=True)
+
+
+def interleaved_rope(x, positions):
+    """RoPE on pairs (2i, 2i+1) instead of Grok-1's (i, i + d/2): the same angles."""
+    ang = rope_angles(positions, x.shape[-1])[:, None, : x.shape[-1] // 2]
+    out = np.empty(x.shape, np.float32)
+    out[..., 0::2] = x[..., 0::2] * np.cos(ang) - x[..., 1::2] * np.sin(ang)
+    out[..., 1::2] = x[..., 0::2] * np.sin(ang) + x[..., 1::2] * np.cos(ang)
+    return out

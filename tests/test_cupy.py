@@ -284,7 +284,9 @@ def test_bench_on_the_gpu_reports_the_kernel(tiny_dir):
         r = bench_module.bench(tiny_dir, prompt_len=4, new_tokens=4, device="cuda")
     assert r["resident_layers"] == 12 and r["streamed_layers"] == 0
     assert r["int8_gemv_gb_s"] > 0 and r["dequant_matmul_gb_s"] > 0
-    assert 0 < r["kernel_efficiency"]
+    # the yardstick on a GPU: a read of 1 GiB of device memory, and every efficiency over it
+    assert r["read_gb_s"] > 0 and r["token_efficiency"] > 0
+    assert r["kernel_efficiency"] == pytest.approx(r["int8_gemv_gb_s"] / r["read_gb_s"], rel=3e-3)
 
 
 def test_too_little_gpu_memory_is_a_clear_error(tiny_dir):

@@ -66,7 +66,6 @@ print(f"\nlexicon: {len(stories.words())} words; this story: {len(stories.split_
 # $O(\varepsilon^2)$, and rounding, $O(u_{\text{machine}}/\varepsilon)$. Their sum is smallest
 # near $\varepsilon \approx u^{1/3}$: about 1e-5 in float64, 1e-2 in float32, which is why the
 # gradient checks in `tests/test_training.py` run in float64.
-
 #
 # Below, the loss's sums are added left to right (`in_order`). numpy's own sums add in an
 # order that depends on the CPU's vector width (AVX2 or AVX-512), which moves their last

@@ -7,6 +7,10 @@ int8 weights, the full 131,072-row embedding. ``params`` is the reference's para
 * copy_ratio: a random sequence of 32 tokens shown twice; the mean loss on the second copy
   over the mean loss on the first. A model that copies from its context predicts the second
   copy far better (well under 0.5); random weights give 1.0.
+* list_copy_ratio: the same, in the stories' own frame: in a held-out memory game ("Listen:
+  luna, cakes, ..." and the list said back), the mean loss on the list said back over the
+  mean loss on the list said first. The lists are drawn from the whole lexicon, so only
+  copying from the context predicts the second saying.
 * word_share: the share of the words of generated text that are words of the stories'
   lexicon (the dictionary; random weights emit tokens from all 131,072).
 * unseen_mass: the probability the model gives, on held-out text, to all the token ids
@@ -19,6 +23,9 @@ import numpy as np
 
 from ..reference.generate import generate_tokens
 from ..reference.model import forward
+from .stories import MEMORY_GAME
+
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")            # SentencePiece's byte fallback
 
 
 def _log_softmax(logits):
@@ -39,6 +46,48 @@ def copy_ratio(params, cfg, vocab, rng: np.random.Generator, count: int = 16,
         logp = _log_softmax(forward(params, cfg, seq))                         # [2n, V]
         nll = -logp[np.arange(2 * length - 1), seq[1:]]                        # [2n - 1]
         ratios.append(nll[length:].mean() / nll[:length - 1].mean())
+    return float(np.mean(ratios))
+
+
+def _char_spans(sp, ids, text):
+    """[(begin, end)] of each token's characters in ``text``, or None where the pieces do not
+    spell the text out (a normalised character). A byte piece (<0x0A>) is one character;
+    the tokenizer's dummy prefix space, if any, is dropped."""
+    lengths = [1 if BYTE_PIECE.fullmatch(p) else len(p)
+               for p in (sp.id_to_piece(int(i)) for i in ids)]
+    spelled = "".join(" " if BYTE_PIECE.fullmatch(p) else p.replace("\u2581", " ")
+                      for p in (sp.id_to_piece(int(i)) for i in ids))
+    shift = len(spelled) - len(text)
+    if shift not in (0, 1) or spelled[shift:].replace("\n", " ") != text.replace("\n", " "):
+        return None
+    ends = np.cumsum(lengths) - shift
+    return list(zip(ends - np.asarray(lengths), ends))
+
+
+def list_copy_ratio(params, cfg, sp, texts, count: int = 16) -> float:
+    """Mean over the first ``count`` memory games in ``texts`` (stories.MEMORY_GAME; stories
+    longer than the context are skipped) of the loss on the list said back divided by the
+    loss on the list said first, each over the tokens of its words (the space before each
+    word included, as the tokenizer glues it to the word). The story is encoded whole, as
+    the model reads it, and the lists' tokens found by their characters."""
+    ratios = []
+    for text in texts:
+        games = list(MEMORY_GAME.finditer(text))
+        ids = np.asarray(sp.encode(text), dtype=np.int64)
+        spans = _char_spans(sp, ids, text) if games and len(ids) <= cfg.sequence_len else None
+        if spans is None:
+            continue
+        nll = -_log_softmax(forward(params, cfg, ids))[np.arange(len(ids) - 1), ids[1:]]
+
+        def tokens(a, b):           # the tokens inside [a - 1, b): nll[i - 1] predicts token i
+            return [i for i, (t0, t1) in enumerate(spans) if i > 0 and t0 >= a - 1 and t1 <= b]
+        for game in games:
+            first, second = tokens(*game.span(1)), tokens(*game.span(2))
+            ratios.append(nll[np.asarray(second) - 1].mean() / nll[np.asarray(first) - 1].mean())
+            if len(ratios) == count:
+                return float(np.mean(ratios))
+    if not ratios:
+        raise ValueError("list_copy_ratio: no memory game in the texts fits the context")
     return float(np.mean(ratios))
 
 

@@ -57,13 +57,16 @@ PROMPTS = ("Once upon a time", "One day, Mia", "Long ago, there was a little dog
 
 def learned_measures(params, cfg, sp, vocab, held_tokens, seed: int, length: int) -> dict:
     """The measures of measures.py on the released model (the reference's forward on the
-    int8 weights and the full embedding): copying, words, the unseen ids' mass, and samples
+    int8 weights and the full embedding): copying (random sequences, and the memory games'
+    lists), words, the unseen ids' mass, and samples
     of ``length`` new tokens."""
     texts = [measures.sample(params, cfg, sp, p, length, temperature=t, seed=seed)
              for p in PROMPTS for t in (0.0, 0.8)]
     return {
         "copy_ratio": measures.copy_ratio(params, cfg, vocab[vocab > cfg.eos_token],
                                           np.random.default_rng([seed, 3])),
+        "list_copy_ratio": measures.list_copy_ratio(params, cfg, sp,
+                                                    stories.corpus("heldout", 400, seed)),
         "word_share": measures.word_share(texts, stories.words()),
         "unseen_mass": measures.unseen_mass(params, cfg, vocab, held_tokens),
         "samples": texts,

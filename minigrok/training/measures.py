@@ -77,13 +77,14 @@ def list_copy_ratio(params, cfg, sp, texts, count: int = 16) -> float:
         spans = _char_spans(sp, ids, text) if games and len(ids) <= cfg.sequence_len else None
         if spans is None:
             continue
-        nll = -_log_softmax(forward(params, cfg, ids))[np.arange(len(ids) - 1), ids[1:]]
+        logits = forward(params, cfg, ids)                                     # [T, V]
 
-        def tokens(a, b):           # the tokens inside [a - 1, b): nll[i - 1] predicts token i
-            return [i for i, (t0, t1) in enumerate(spans) if i > 0 and t0 >= a - 1 and t1 <= b]
+        def nll(a, b):              # the mean loss on the tokens inside [a - 1, b)
+            rows = np.asarray([i for i, (t0, t1) in enumerate(spans)
+                               if i > 0 and t0 >= a - 1 and t1 <= b])
+            return -_log_softmax(logits[rows - 1])[np.arange(len(rows)), ids[rows]].mean()
         for game in games:
-            first, second = tokens(*game.span(1)), tokens(*game.span(2))
-            ratios.append(nll[np.asarray(second) - 1].mean() / nll[np.asarray(first) - 1].mean())
+            ratios.append(nll(*game.span(2)) / nll(*game.span(1)))
             if len(ratios) == count:
                 return float(np.mean(ratios))
     if not ratios:

@@ -74,9 +74,6 @@ print("closest routing decision:", again["meta"]["closest_routing"])
 #   its activations. Not a bug: the `bfloat16` tolerance profile is for such a port.
 
 # %%
-patched = C.patched      # the bugs of lesson 13, planted the same way (lessons/_common.py)
-
-
 def in_bfloat16(arrays):
     """Every float array rounded to bfloat16 (round to nearest even) and back."""
     return {n: quant.bf16_to_f32(quant.f32_to_bf16(a)) if a.dtype == np.float32 else a
@@ -84,9 +81,10 @@ def in_bfloat16(arrays):
 
 
 ports = {}
-with patched(attention_module, "apply_rope", C.interleaved_rope):
+# the bugs of lesson 13, planted the same way (C.patched: lessons/_common.py)
+with C.patched(attention_module, "apply_rope", C.interleaved_rope):
     ports["interleaved RoPE"] = golden.trace_arrays(params, cfg, tokens)
-with patched(moe_module, "route", C.renormalised_route):
+with C.patched(moe_module, "route", C.renormalised_route):
     ports["renormalised gates"] = golden.trace_arrays(params, cfg, tokens)
 ports["bfloat16 activations"] = in_bfloat16(expected)
 
@@ -146,7 +144,7 @@ C.save_figure(fig, "port_errors")
 #   `python -m minigrok golden compare golden.npz yours.npz` (exit 0 when every stage is in
 #   tolerance; `--profile bfloat16` for a bfloat16 port). `docs/golden-format.md` has readers
 #   for other languages.
-# - Plant the "erf GELU" mutant of lesson 13 (`patched(moe_module, "gelu", ...)`): which
+# - Plant the "erf GELU" mutant of lesson 13 (`C.patched(moe_module, "gelu", ...)`): which
 #   stage fails first?
 # - Reorder the layers as numbers (lesson 02's trap) with `dict(params, layers=...)`: which
 #   layer's stages fail first, and why does layer 0 still pass?

@@ -96,8 +96,8 @@ def matmul_transposed(h, matrix, threads: int | None = None, chunk_rows: int | N
     A checkpoint's float32 payload starts wherever its pickle header ends, usually not on a
     4-byte boundary, and numpy multiplies unaligned arrays without BLAS, ~10x slower. Up to
     NATIVE_TOKENS tokens go to the compiled kernel, which reads the rows where they lie
-    (native_unembed: 27-29 GB/s on Grok-1's 3.2 GB embedding here, against 17-21 by the
-    copies). Otherwise, or with ``chunk_rows`` set, the rows are copied into an aligned buffer
+    (native_unembed: 28.9-29.8 GB/s on Grok-1's 3.2 GB embedding here, against 20-22 by
+    the copies). Otherwise, or with ``chunk_rows`` set, the rows are copied into an aligned buffer
     a cache-sized chunk at a time, each thread filling its own slice of the output.
     """
     n_rows, dim = matrix.shape

@@ -19,8 +19,9 @@ works, or MINIGROK_NATIVE=0, the numpy tiles of engine/cpu.py run instead
   * the widening is written once in plain C, which compilers vectorise, once with AVX2
     intrinsics (one 8-byte load per 8 weights, 4 rows a pass, the next rows fetched ahead:
     ~30% faster than the plain C on one thread here, ~15% on two) and, for one token, once
-    with AVX-512 (8 rows a pass, 64 columns a step: 22.0 -> 24.8 GB/s over a whole layer's
-    products); all add each row's product in the same order;
+    with AVX-512 (8 rows a pass, 64 columns a step: ~10% faster over a whole layer's
+    products, kernels/int8_matmul.c has the figures); all add each row's product in the same
+    order;
   * threads take whole scale blocks where there are several (a block's rows lie one after
     another, so each thread reads one long stretch: 13.4 -> 14.6 GB/s on a 32768 x 6144
     expert matrix alone, equal inside a layer; 8-token prefill products 10% faster), else

@@ -53,10 +53,10 @@ def _char_spans(sp, ids, text):
     """[(begin, end)] of each token's characters in ``text``, or None where the pieces do not
     spell the text out (a normalised character). A byte piece (<0x0A>) is one character;
     the tokenizer's dummy prefix space, if any, is dropped."""
-    lengths = [1 if BYTE_PIECE.fullmatch(p) else len(p)
-               for p in (sp.id_to_piece(int(i)) for i in ids)]
-    spelled = "".join(" " if BYTE_PIECE.fullmatch(p) else p.replace("\u2581", " ")
-                      for p in (sp.id_to_piece(int(i)) for i in ids))
+    pieces = [" " if BYTE_PIECE.fullmatch(p) else p.replace("\u2581", " ")
+              for p in (sp.id_to_piece(int(i)) for i in ids)]
+    lengths = [len(p) for p in pieces]
+    spelled = "".join(pieces)
     shift = len(spelled) - len(text)
     if shift not in (0, 1) or spelled[shift:].replace("\n", " ") != text.replace("\n", " "):
         return None

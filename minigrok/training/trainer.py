@@ -58,8 +58,7 @@ PROMPTS = ("Once upon a time", "One day, Mia", "Long ago, there was a little dog
 def learned_measures(params, cfg, sp, vocab, held_tokens, seed: int, length: int) -> dict:
     """The measures of measures.py on the released model (the reference's forward on the
     int8 weights and the full embedding): copying (random sequences, and the memory games'
-    lists), words, the unseen ids' mass, and samples
-    of ``length`` new tokens."""
+    lists), words, the unseen ids' mass, and samples of ``length`` new tokens."""
     texts = [measures.sample(params, cfg, sp, p, length, temperature=t, seed=seed)
              for p in PROMPTS for t in (0.0, 0.8)]
     return {

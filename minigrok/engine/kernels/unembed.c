@@ -40,10 +40,10 @@ static void dot_rows(const float *h, const float *row, int64_t D, int n, float *
 
    The loads are unaligned, so the checkpoint's float32 payload, which starts wherever its
    pickle header ends, is read in place: numpy hands unaligned arrays to no BLAS, and copying
-   the rows into aligned buffers first had held this product to 17-22 GB/s. Four rows at a
+   the rows into aligned buffers first had held this product to 20-22 GB/s. Four rows at a
    time, each read once for all the tokens (96 KB on Grok-1, in the second-level cache while
    the tokens pass). On the 2-core EPYC, Grok-1's 3.2 GB embedding, one token (medians of 9
-   alternating rounds): one row at a time 24.8-27.2 GB/s, two 25.8-28.2, four 28.9-29.1. */
+   alternating rounds): one row at a time 24.8-27.2 GB/s, two 25.8-28.2, four 28.9-29.8. */
 void unembed(const float *h, int64_t T, const float *m, int64_t D, float *out, int64_t ld,
              int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r += 4) {

@@ -8,12 +8,12 @@ For a checkpoint loaded on ``cuda``: the HBM copy rate; every int8 matrix of lay
 engine/gemv.int8_gemv (GB/s of int8 read), the kernel at other row ranges, and with the
 conversion instruction for its widening (gemv.cu built with -DWIDEN_BY_I2F); the host's cost of
 one small CuPy operation of each kind (the price of every launch in a decode step); one decode
-step through layer 0 by engine/decode.decode_layer and by the reference's decoder_layer, whole
-and in parts (median of 20,
-synchronised), and the host's time to queue one step or one GEMV (enqueue_us) beside the
-GPU's time for it; each kind of launch in that step on its own (decode_kernels: 50 queued
-back to back, so a launch whose host side is slower than its kernel is timed at the host's
-rate; their sum against the step's GPU time shows the gaps between launches); the decode
+step through layer 0 by engine/decode.decode_layer (unplanned, planned, replayed as a CUDA graph)
+and by the reference's decoder_layer, whole and in parts (median of 20, synchronised), and the
+host's time to queue one step or one GEMV (enqueue_us) beside the GPU's time for it; each launch
+of that step on its own (decode_kernels: 50 queued back to back, so a launch whose host side is
+slower than its kernel is timed at the host's rate; their sum against the step's GPU time shows
+the gaps between launches); the decode
 attention at cache lengths 16 to 8192 and several chunk sizes; one expert matrix's product
 with 4 to 256 tokens by each prefill path; host-to-GPU copy rates of one expert matrix from
 the memory map and from pinned memory. Launch-bound shows as
@@ -33,7 +33,7 @@ from minigrok.api import Model  # noqa: E402
 from minigrok.engine import decode, gemv, kernels  # noqa: E402
 from minigrok.formats.checkpoint import model_params  # noqa: E402
 from minigrok.reference import quant  # noqa: E402
-from minigrok.reference.attention import attention, layer_cache, new_cache  # noqa: E402
+from minigrok.reference.attention import attention, new_cache  # noqa: E402
 from minigrok.reference.layer import decoder_layer  # noqa: E402
 from minigrok.reference.model import forward  # noqa: E402
 from minigrok.reference.moe import expert_weight, expert, moe, route  # noqa: E402
@@ -231,17 +231,36 @@ def layer_step(m, hbm):
     active = sum(w.weight.nbytes for w in att.values()) + \
         2 * sum(expert_weight(experts[n], 0).weight.nbytes for n in experts)
 
-    def step():                      # the engine's decoding step
-        return decode.decode_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, index=0)
+    # the engine's decoding step three ways: made from scratch every call (its buffers
+    # allocated, its launches built and queued one by one), from a plan without a graph (the
+    # launches made ahead, queued one by one), from a plan with its CUDA graph
+    scratch = decode.decode_scratch(layer, cfg, 64)
+    plans = {"eager": decode.decode_plan(scratch, graphs=False),
+             "graph": decode.decode_plan(scratch)}
+
+    def step(plan=None):
+        return decode.decode_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, index=0,
+                                   plan=plan)
 
     def reference_step():            # the reference layer on the same weights
         return decoder_layer(h, layer, cfg, keep=keep, offset=16, cache=cache, index=0)
 
-    fused, teaching = wall_ms(step), wall_ms(reference_step)
-    emit(what="layer_decode", ms=fused, teaching_ms=teaching, floor_ms=active / hbm / 1e6,
-         efficiency=active / hbm / 1e6 / fused, teaching_efficiency=active / hbm / 1e6 / teaching,
-         step_gpu_ms=event_ms(step), teaching_gpu_ms=event_ms(reference_step),
-         host_us=per_op_us(step, 50), enqueue_us=enqueue_us(step),
+    want = reference_step()
+    ways = {"unplanned": step, **{name: (lambda p=p: step(p)) for name, p in plans.items()}}
+    for fn in ways.values():                                         # binds, captures
+        fn(), fn()
+    floor = active / hbm / 1e6
+    figures = {}
+    for name, fn in ways.items():
+        ms = wall_ms(fn)
+        figures.update({f"{name}_ms": ms, f"{name}_efficiency": floor / ms,
+                        f"{name}_gpu_ms": event_ms(fn), f"{name}_enqueue_us": enqueue_us(fn),
+                        f"{name}_error": float(cupy.abs(fn() - want).max() / cupy.abs(want).max())})
+    teaching = wall_ms(reference_step)
+    emit(what="layer_decode", ms=figures["graph_ms"], teaching_ms=teaching, floor_ms=floor,
+         efficiency=floor / figures["graph_ms"], teaching_efficiency=floor / teaching,
+         graph_captured=plans["graph"]["graph"] is not None, **figures,
+         teaching_gpu_ms=event_ms(reference_step), host_us=per_op_us(ways["graph"], 50),
          rms_norm_ms=wall_ms(lambda: rms_norm(h, layer["rms_norm"])),
          attention_ms=wall_ms(attend),
          moe_ms=wall_ms(lambda: moe(xn, layer["router"], **experts,
@@ -265,53 +284,18 @@ def each_ms(fn, n=50):
 
 
 def decode_kernels(m, hbm):
-    """decode.decode_layer's launches for layer 0 one kind at a time (each_ms), and their sum
-    weighted by how often a step makes each: set beside layer_decode's step_gpu_ms, the rest
-    is the time between launches."""
+    """Each launch of decode.decode_layer's plan for layer 0 on its own (each_ms), in step
+    order, and their sum: set beside layer_decode's graph_gpu_ms and eager_gpu_ms, the rest is
+    the time between launches."""
     cfg, layer = m.config, m.params["layers"][0]
-    att, experts = layer["multi_head_attention"], layer["moe"]
-    H, K, d, D = cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size, cfg.emb_size
-    top = cfg.num_selected_experts
-    cache_k, cache_v, cache_keep = layer_cache(new_cache(1, 64, K, d), 0, cupy)
-    cache_keep[:] = True
-    h = cupy.random.standard_normal((1, D), dtype=cupy.float32)
-    q = cupy.random.standard_normal((1, H * d), dtype=cupy.float32)
-    k, v = (cupy.random.standard_normal((1, K * d), dtype=cupy.float32) for _ in range(2))
-    keep = cupy.ones(1, dtype=bool)
-    q_rot = decode._rope_and_cache(q, k, v, keep, cache_k, cache_v, cache_keep, 16, cfg)
-    router = cupy.asarray(layer["router"], dtype=cupy.float32)
-    logits = h @ router
-    ids = cupy.arange(top, dtype=cupy.int32)
-    gates = cupy.full(top, 1.0 / top, dtype=cupy.float32)
-    F = experts["linear"].weight.shape[-1]
-    xwv = cupy.random.standard_normal((2 * top, F), dtype=cupy.float32)
-    act = cupy.random.standard_normal((top, F), dtype=cupy.float32)
-    y = cupy.random.standard_normal((top, D), dtype=cupy.float32)
-    acc = cupy.empty_like(h)
-    # name: (launches per step, the launch)
-    launches = {
-        "rms_norm": (4, lambda: decode._rms_norm(h, layer["rms_norm"], residual=h)),
-        "query_key_value": (1, lambda: gemv.int8_gemv_three(
-            h, [att["query"], att["key"], att["value"]])),
-        "rope_and_cache": (1, lambda: decode._rope_and_cache(q, k, v, keep, cache_k, cache_v,
-                                                              cache_keep, 16, cfg)),
-        "attend_17_rows": (1, lambda: decode.attend(q_rot, cache_k, cache_v, cache_keep, 17,
-                                                     cfg)),
-        "linear": (1, lambda: att["linear"].matmul(q)),
-        "router": (1, lambda: h @ router),
-        "route_top_k": (1, lambda: decode._route(logits, top)),
-        "experts_up": (1, lambda: gemv.int8_gemv_routed(
-            h, (experts["linear"], experts["linear_v"]), ids)),
-        "gelu_mul": (1, lambda: decode._elementwise("gelu_mul", act.size, xwv, act,
-                                                    cupy.int32(F))),
-        "experts_down": (1, lambda: gemv.int8_gemv_routed(act, (experts["linear_1"],), ids)),
-        "add_experts": (1, lambda: decode._elementwise("add_experts", D, gates, y, acc,
-                                                       cupy.int32(top))),
-    }
-    us = {name: each_ms(fn) * 1e3 for name, (_, fn) in launches.items()}
-    emit(what="decode_kernels", launches=sum(n for n, _ in launches.values()),
-         sum_ms=sum(n * us[name] for name, (n, _) in launches.items()) / 1e3,
-         **{f"{name}_us": t for name, t in us.items()})
+    cache = new_cache(1, 64, cfg.num_kv_heads, cfg.key_size)
+    plan = decode.decode_plan(decode.decode_scratch(layer, cfg, 64), graphs=False)
+    h = cupy.random.standard_normal((1, cfg.emb_size), dtype=cupy.float32)
+    decode.decode_layer(h, layer, cfg, keep=cupy.ones(1, dtype=bool), offset=16, cache=cache,
+                        index=0, plan=plan)                           # binds, position 16
+    us = {f"{i:02d}_{step.func.name}_us": each_ms(step) * 1e3
+          for i, step in enumerate(plan["steps"])}
+    emit(what="decode_kernels", launches=len(us), sum_ms=sum(us.values()) / 1e3, **us)
 
 
 def attention_lengths(m, hbm):

@@ -161,6 +161,64 @@ def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
                            atol=1e-6)
 
 
+@settings(max_examples=6, deadline=None)
+@given(prompt=st.integers(1, 70), layer=st.integers(0, 11), pad=st.integers(0, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_decode_steps_replayed_as_a_graph_equal_the_teaching_layer(tiny_dir, prompt, layer, pad,
+                                                                   seed):
+    # A layer's plan over 5 decode steps after a prompt: its launches bound at the first, a
+    # CUDA graph replayed from the second on, reading each step's position from the GPU (a
+    # graph holding the first step's would write every token to one row). Nothing is allocated
+    # once the graph is made. Step `pad` is a padding token; prompts up to 70 rows go past one
+    # attention block (the tiny model's 64 rows).
+    from minigrok.reference.attention import new_cache
+    from minigrok.reference.layer import decoder_layer
+
+    m = minigrok.load(tiny_dir, device="cuda")
+    cfg, params = m.config, m.params["layers"][layer]
+    rng = np.random.default_rng(seed)
+    steps = 5
+    T = prompt + steps
+    h = cupy.asarray(rng.standard_normal((T, cfg.emb_size)).astype(np.float32) * 3)
+    keep = cupy.asarray(np.arange(T) != prompt + pad)
+    caches = [new_cache(1, T, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
+    for cache in caches:
+        decoder_layer(h[:prompt], params, cfg, keep=keep[:prompt], cache=cache)
+    plan = decode.decode_plan(decode.decode_scratch(params, cfg, cfg.sequence_len))
+    pool, allocated = cupy.get_default_memory_pool(), []
+
+    def counting(nbytes):
+        allocated.append(nbytes)
+        return pool.malloc(nbytes)
+
+    for t in range(prompt, T):
+        want = decoder_layer(h[t:t + 1], params, cfg, keep=keep[t:t + 1], offset=t,
+                             cache=caches[0]).get()
+        x, keep_t = h[t:t + 1].copy(), keep[t:t + 1].copy()
+        cupy.cuda.set_allocator(counting if t > prompt + 1 else pool.malloc)
+        try:
+            got = decode.decode_layer(x, params, cfg, keep=keep_t, offset=t, cache=caches[1],
+                                      index=0, plan=plan)
+        finally:
+            cupy.cuda.set_allocator(pool.malloc)
+        assert (plan["graph"] is not None) == (t > prompt)
+        assert np.abs(got.get() - want).max() <= 1e-5 * np.abs(want).max(), t
+    assert allocated == []
+    for name in ("k", "v", "keep"):          # every token's key and value written alike
+        got, want = caches[1][name][0].get(), caches[0][name][0].get()
+        assert np.abs(got.astype(float) - want).max() <= 1e-5 * np.abs(want).max()
+    # a scratch made for shorter caches (one attention block): a cache of more blocks goes
+    # without the plan, with the same numbers
+    short = decode.decode_plan(decode.decode_scratch(params, cfg, 1))
+    caches = [new_cache(1, T + 64, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
+    for cache in caches:
+        decoder_layer(h[:-1], params, cfg, keep=keep[:-1], cache=cache)
+    want = decoder_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[0]).get()
+    got = decode.decode_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[1],
+                              index=0, plan=short).get()
+    assert short["bound"] is None and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
 @settings(max_examples=10, deadline=None)
 @given(S=st.integers(1, 3000), kept=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
        seed=st.integers(0, 2**32 - 1))

@@ -285,7 +285,7 @@ def test_rope_and_cache_kernel(decode, K, G, d, pos, seed):
     cache_keep = np.zeros(S, dtype=bool)
     threads = max((H + K) * d // 2, K * d)
     run(decode, "rope_and_cache", -(-threads // 256), 256, q, k, v, keep, q_rot, cache_k, cache_v,
-        cache_keep, pos, H, K, d, float(rope.BASE))
+        cache_keep, np.array([pos], dtype=np.int32), H, K, d, float(rope.BASE))
     positions = np.array([pos])
     for x, got in ((q.reshape(H, d), q_rot.reshape(H, d)), (k.reshape(K, d), cache_k[pos])):
         exact, bound = rope_exact_and_bound(x, pos)
@@ -298,34 +298,72 @@ def test_rope_and_cache_kernel(decode, K, G, d, pos, seed):
 
 
 @settings(max_examples=12, deadline=None)
-@example(K=8, G=6, d=128, keep=[True] * 100 + [False] * 40, parts=2, block=128, seed=1)  # Grok-1
+@example(K=8, G=6, d=128, keep=[True] * 100 + [False] * 40, parts=2, room=0, block=128, seed=1)
 @given(K=st.sampled_from([1, 2, 8]), G=st.sampled_from([1, 3, 6, 9]),
        d=st.sampled_from([4, 32, 128]), keep=st.lists(st.booleans(), min_size=1, max_size=70),
-       parts=st.integers(1, 8), block=st.sampled_from([32, 128]), seed=st.integers(0, 2**32 - 1))
-def test_attention_kernels(decode, K, G, d, keep, parts, block, seed):
-    # Launched as decode.attend launches them, with the rows in about `parts` chunks: one
-    # block per kv head (no combine), or several. keep all False: every key padding, the
-    # official uniform average over all of them; a chunk all padding among kept ones must
-    # count for nothing.
+       parts=st.integers(1, 8), room=st.integers(0, 90), block=st.sampled_from([32, 128]),
+       seed=st.integers(0, 2**32 - 1))
+def test_attention_kernels(decode, K, G, d, keep, parts, room, block, seed):
+    # Launched as decode.attend launches them: the token at position S - 1 of a cache with
+    # `room` rows more (never read: NaN), the grid sized for the whole cache, the rows in about
+    # `parts` chunks: one (the combine then copies it) or several. keep all False: every key
+    # padding, the official uniform average over all of them; a chunk all padding among kept
+    # ones must count for nothing.
     rng = np.random.default_rng(seed)
     H, S = K * G, len(keep)
     chunk = -(-S // parts)
-    P = -(-S // chunk)
+    P_max = -(-(S + room) // chunk)
     q = rng.standard_normal((H, d)).astype(np.float32) * 3
-    cache_k, cache_v = (rng.standard_normal((S, K, d)).astype(np.float32) for _ in range(2))
-    keep = np.array(keep)
+    cache_k, cache_v = (rng.standard_normal((S + room, K, d)).astype(np.float32)
+                        for _ in range(2))
+    cache_k[S:], cache_v[S:] = np.nan, np.nan
+    keep = np.array(keep + [True] * room, dtype=bool)
     out = np.full(H * d, np.nan, dtype=np.float32)
-    part = out if P == 1 else np.full((P, H, d), np.nan, dtype=np.float32)
-    part_max, part_sum = (np.full((P, H), np.nan, dtype=np.float32) for _ in range(2))
+    part = np.full((P_max, H, d), np.nan, dtype=np.float32)
+    part_max, part_sum = (np.full((P_max, H), np.nan, dtype=np.float32) for _ in range(2))
     multiplier = 1 / np.sqrt(d)
-    run(decode, "attention_part", K * P, block, ctypes.c_size_t(G * chunk * 4), q, cache_k,
-        cache_v, keep, part, part_max, part_sum, S, K, G, d, chunk, float(multiplier),
+    pos = np.array([S - 1], dtype=np.int32)
+    run(decode, "attention_part", K * P_max, block, ctypes.c_size_t(G * chunk * 4), q, cache_k,
+        cache_v, keep, part, part_max, part_sum, pos, K, G, d, chunk, float(multiplier),
         float(SOFT_CAP), float(MASKED))
-    if P > 1:
-        run(decode, "attention_combine", H, block, part, part_max, part_sum, out, P, H, d)
-    probs = attention_weights(q.reshape(1, K, G, d), cache_k, keep, S - 1, multiplier)
-    want = np.einsum("kgts,skd->tkgd", probs, cache_v).ravel()
+    run(decode, "attention_combine", H, block, part, part_max, part_sum, out, pos, chunk, H, d)
+    probs = attention_weights(q.reshape(1, K, G, d), cache_k[:S], keep[:S], S - 1, multiplier)
+    want = np.einsum("kgts,skd->tkgd", probs, cache_v[:S]).ravel()
     assert close(out, want)
+    P = -(-S // chunk)
+    assert np.isnan(part[P:]).all()                     # the blocks past S wrote nothing
+    if P == 1:                                          # one part: out is it, bit for bit
+        assert np.array_equal(out, part[0].ravel())
+
+
+def test_begin_step_kernel(decode):
+    h = np.random.default_rng(0).standard_normal(700).astype(np.float32)
+    inp, pos, keep = np.full(700, np.nan, np.float32), np.zeros(1, np.int32), np.ones(1, bool)
+    run(decode, "begin_step", 3, 256, h, np.zeros(1, bool), 4321, inp, keep, pos, 700)
+    assert np.array_equal(inp, h) and pos[0] == 4321 and not keep[0]
+    run(decode, "begin_step", 3, 256, inp, np.ones(1, bool), 7, inp, keep, pos, 700)  # in place
+    assert np.array_equal(inp, h) and pos[0] == 7 and keep[0]
+
+
+def route_on_the_emulator(decode, x, router, k):
+    """router_logits then route_top_k, as decode.py launches them -> (logits, probs, ids, gates)."""
+    D, E = router.shape
+    logits, probs = np.full(E, np.nan, dtype=np.float32), np.zeros(E, dtype=np.float32)
+    ids, gates = np.full(k, -1, dtype=np.int32), np.zeros(k, dtype=np.float32)
+    run(decode, "router_logits", x, router, logits, D, E)
+    run(decode, "route_top_k", logits, probs, ids, gates, E, k)
+    return logits, probs, ids, gates
+
+
+def same_route(got, want_logits, want):
+    """The emulator's route is the reference's: the same logits, bit for bit; the same experts
+    (the kernel lists them ascending); the gates to float32's exp and division."""
+    logits, probs, ids, gates = got
+    want_probs, want_ids, want_gates = want
+    order = np.argsort(want_ids[0])
+    assert np.array_equal(logits, want_logits[0])
+    assert np.array_equal(ids, want_ids[0][order]), (ids, want_ids[0][order], logits)
+    assert close(probs, want_probs[0]) and close(gates, want_gates[0][order])
 
 
 @settings(max_examples=20, deadline=None)
@@ -334,14 +372,78 @@ def test_route_top_k_kernel(decode, E, data, seed):
     # logits rounded to a few values: ties, which go to the lower expert index
     k = data.draw(st.integers(1, E))
     logits = np.round(np.random.default_rng(seed).standard_normal(E), 1).astype(np.float32)
-    probs, gates = np.zeros(E, dtype=np.float32), np.zeros(k, dtype=np.float32)
-    ids = np.full(k, -1, dtype=np.int32)
-    run(decode, "route_top_k", logits, probs, ids, gates, E, k)
-    want_probs, want_ids, want_gates = moe.route(logits[None], np.eye(E, dtype=np.float32), k)
-    order = np.argsort(want_ids[0])                  # the kernel lists them ascending
-    assert close(probs, want_probs[0])
-    assert np.array_equal(ids, want_ids[0][order])
-    assert close(gates, want_gates[0][order])
+    got = route_on_the_emulator(decode, logits, np.eye(E, dtype=np.float32), k)
+    same_route(got, logits[None], moe.route(logits[None], np.eye(E, dtype=np.float32), k))
+
+
+@settings(max_examples=10, deadline=None)
+@given(D=st.integers(1, 3000), E=st.integers(1, 8), seed=st.integers(0, 2**32 - 1))
+def test_router_logits_kernel(decode, D, E, seed):
+    # any x and router: the float64 sum rounded once, as the reference's; in another order it
+    # may round the other way, only where float64's own error (~1e-13 of the terms) crosses a
+    # float32 rounding point: at most an ulp
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(D).astype(np.float32)
+    router = rng.standard_normal((D, E)).astype(np.float32)
+    logits = route_on_the_emulator(decode, x, router, 1)[0]
+    want = moe.router_logits(x[None], router)[0]
+    assert np.all(np.abs(logits - want) <= np.spacing(np.abs(want)))
+
+
+def near_ties(seed: int, D: int = 6144, E: int = 8):
+    """x [D], router [D, E] whose exact logits tie, or lie one float32 ulp apart, at the top.
+
+    Every product x_i r_ie is a multiple of 2^-29 below 2^8 in size, so every sum of up to
+    2^13 of them is exact in float64, in any order: the reference's logits are the exact ones,
+    rounded once. Summed in float32 they are not: the order then decides their last bits.
+    x is constant on blocks of 64 rows and the same read backwards. The best column is copied
+    to columns 1 and 4 with its rows permuted within blocks and backwards (exact ties, whose
+    float32 sums differ), and to column 6 with one entry moved by an ulp of the logit."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.choice([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], D // 64 // 2)
+    x = np.repeat(np.concatenate([blocks, blocks[::-1]]), 64).astype(np.float32)       # [D]
+    mantissa = rng.integers(2**23, 2**24, (D, E)) * 2.0**-23                           # [1, 2)
+    router = (mantissa * rng.choice([-1, 1], (D, E)) * 2.0 ** rng.integers(-4, 5, (D, E))
+              ).astype(np.float32)
+    best = router[:, np.argmax(x.astype(np.float64) @ router.astype(np.float64))].copy()
+    shuffled = best.reshape(-1, 64)[:, rng.permutation(64)].ravel()     # within each block
+    router[:, 1], router[:, 4] = shuffled, best[::-1]
+    exact = float(x.astype(np.float64) @ best.astype(np.float64))
+    # an ulp of the logit, from the row whose x is largest: r moves towards zero by ulp / x_i
+    i = int(np.argmax(np.abs(x)))
+    step = float(np.spacing(np.float32(abs(exact)))) / abs(float(x[i]))
+    moved = best.copy()
+    moved[i] = np.float32(best[i] - np.sign(best[i]) * step)
+    assert float(moved[i]) == float(best[i]) - np.sign(best[i]) * step   # exact in float32
+    router[:, 6] = moved
+    return x, router
+
+
+@settings(max_examples=6, deadline=None)
+@example(seed=0, k=2)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4))
+def test_router_kernels_route_near_ties_as_the_reference(decode, seed, k):
+    x, router = near_ties(seed)
+    want_logits = moe.router_logits(x[None], router)
+    same_route(route_on_the_emulator(decode, x, router, k), want_logits,
+               moe.route(x[None], router, k))
+
+
+def test_the_near_ties_are_near_ties():
+    # what test_router_kernels_route_near_ties_as_the_reference holds the kernels to: the
+    # reference sees exact ties at the top and a logit one ulp from them, while float32 sums
+    # in the orders of the copied columns would not see the tie (their last bits differ)
+    x, router = near_ties(0)
+    logits = moe.router_logits(x[None], router)[0]
+    tie = logits[1]
+    assert logits[4] == tie and np.count_nonzero(logits == tie) >= 3
+    assert abs(float(logits[6]) - float(tie)) == float(np.spacing(np.abs(tie)))
+    assert logits.max() == tie                  # this seed: the one-ulp logit is below them
+    float32_sums = {float(np.cumsum(x * router[:, j], dtype=np.float32)[-1])
+                    for j in np.flatnonzero(logits == tie)}
+    assert len(float32_sums) > 1
+    tied = np.flatnonzero(logits == tie)
+    assert moe.route(x[None], router, 2)[1][0].tolist() == tied[:2].tolist()
 
 
 @settings(max_examples=8, deadline=None)

@@ -105,47 +105,129 @@ def int8_gemv(x, weight, scales):
     return out[0] if len(out) == 1 else cupy.concatenate(out)
 
 
-def int8_gemv_three(x, weights):
-    """One token by up to three matrices in one launch: x [1, in] float32; weights: 1 to 3
-    QuantizedWeight8bit [in, out_i] on the GPU (a decode step's query, key and value) ->
-    a tuple of [1, out_i] float32: x @ dequantize(weights[i]), summed as int8_gemv sums."""
+# -- launches made ahead --------------------------------------------------------------------
+# A decode step's products, each a launch built once with its buffers (the outputs, the
+# partial rows, the tile counters) and made every step by calling it: nothing is allocated or
+# checked then, and the launches can be captured in a CUDA graph (engine/decode.py). The
+# partial rows come from a flat float32 scratch shared by all of a layer's products (they run
+# one after another); *_partial_floats says how much each needs.
+
+def _view(scratch, shape):
+    n = math.prod(shape)
+    if scratch.size < n:
+        raise ValueError(f"GEMV scratch of {scratch.size} floats, {n} needed")
+    return scratch[:n].reshape(shape)
+
+
+def _operands(weights):
+    """The weights' int8 and scales, which the kernels read as dense rows."""
+    for w in weights:
+        if not (w.weight.flags.c_contiguous and w.scales.flags.c_contiguous):
+            raise ValueError("the GEMV kernels read C-contiguous weights and scales")
+    return weights
+
+
+def _counters(counters, n: int):
+    if counters.size < n:
+        raise ValueError(f"{counters.size} tile counters, {n} needed")
+    return counters
+
+
+def gemv_partial_floats(weight) -> int:
+    """The partial rows gemv_call needs for a weight [in, out]."""
+    grid = gemv_launch(*weight.weight.shape, weight.scales.shape[0])[0]
+    return grid[1] * weight.weight.shape[1]
+
+
+def gemv_call(x, weight, y, partial, counters):
+    """One token's product as a launch to make later: x [1, in] float32 @ weight (an
+    Int8Weight [in, out] on the GPU) -> written to y [1, out] float32. partial: float32
+    scratch (gemv_partial_floats); counters: uint32 zeros, one per column tile at least."""
     import cupy
 
+    n_in, n_out = _operands([weight])[0].weight.shape
+    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, weight.scales.shape[0])
+    return functools.partial(_gemv_kernel("int8_gemv"), grid, block, (
+        x, weight.weight, weight.scales, _view(partial, (grid[1], 1, n_out)),
+        _counters(counters, grid[0]), y, cupy.int32(n_out), cupy.int32(rows),
+        cupy.int32(rows_per_scale)))
+
+
+def three_partial_floats(weights) -> int:
+    """The partial rows three_call needs for 1 to 3 weights [in, out_i]."""
     n_in, widths = weights[0].weight.shape[0], tuple(w.weight.shape[1] for w in weights)
+    grid = three_launch(n_in, widths, tuple(n_in // w.scales.shape[0] for w in weights))[0]
+    return grid[2] * grid[1] * max(widths)
+
+
+def three_call(x, weights, ys, partial, counters):
+    """One token by up to three matrices in one launch, made later: x [1, in] float32;
+    weights: 1 to 3 Int8Weight [in, out_i] on the GPU (a decode step's query, key and value);
+    ys: [1, out_i] float32 each, written: x @ dequantize(weights[i]), summed as int8_gemv
+    sums. partial, counters: as gemv_call's (three_partial_floats)."""
+    import cupy
+
+    n_in = _operands(weights)[0].weight.shape[0]
+    widths = tuple(w.weight.shape[1] for w in weights)
     rows_per_scale = tuple(n_in // w.scales.shape[0] for w in weights)
     grid, block, rows = three_launch(n_in, widths, rows_per_scale)
     widest = max(widths)
-    partial = cupy.empty((len(weights), grid[1], widest), dtype=cupy.float32)
-    ys = tuple(cupy.empty((1, n), dtype=cupy.float32) for n in widths)
-    per = [(w.weight, cupy.ascontiguousarray(w.scales), y, cupy.int32(n), cupy.int32(r))
+    per = [(w.weight, w.scales, y, cupy.int32(n), cupy.int32(r))
            for w, y, n, r in zip(weights, ys, widths, rows_per_scale)]
     per += [per[-1]] * (3 - len(per))                     # unused slots: never read
-    _gemv_kernel("int8_gemv_three")(grid, block, (
-        cupy.ascontiguousarray(x, dtype=cupy.float32), *(a for p in per for a in p), partial,
-        _tile_counters(cupy, grid[0] * grid[2]), cupy.int32(widest), cupy.int32(rows)))
+    return functools.partial(_gemv_kernel("int8_gemv_three"), grid, block, (
+        x, *(a for p in per for a in p), _view(partial, (grid[2], grid[1], widest)),
+        _counters(counters, grid[0] * grid[2]), cupy.int32(widest), cupy.int32(rows)))
+
+
+def routed_partial_floats(weights, k: int) -> int:
+    """The partial rows routed_call needs for k experts of 1 or 2 stacked weights."""
+    _, n_in, n_out = weights[0].weight.shape
+    grid = gemv_launch(n_in, n_out, weights[0].scales.shape[-2], k * len(weights))[0]
+    return grid[2] * grid[1] * n_out
+
+
+def routed_call(x, weights, experts, y, partial, counters):
+    """One token's products by its routed experts, in one launch made later: x [X, in]
+    float32 (X = 1: the same row for every expert; X = k: row i for expert i); weights: one
+    or two stacked Int8Weight [E, in, out] on the GPU; experts: int32 [k] on the GPU, read
+    when the launch runs -> written to y [k * len(weights), out] float32, row
+    i * len(weights) + j = x_i @ weights[j] of expert experts[i]. partial, counters: as
+    gemv_call's (routed_partial_floats)."""
+    import cupy
+
+    k, per_expert = experts.shape[0], len(weights)
+    a, b = _operands(weights)[0], weights[-1]
+    _, n_in, n_out = a.weight.shape
+    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, a.scales.shape[-2],
+                                                    k * per_expert)
+    return functools.partial(_gemv_kernel("int8_gemv_routed"), grid, block, (
+        x, cupy.int32(0 if x.shape[0] == 1 else n_in), a.weight, a.scales, b.weight, b.scales,
+        experts, cupy.int32(per_expert), _view(partial, (grid[2], grid[1], n_out)),
+        _counters(counters, grid[0] * grid[2]), y, cupy.int32(n_out), cupy.int32(rows),
+        cupy.int32(rows_per_scale)))
+
+
+def int8_gemv_three(x, weights):
+    """three_call made now, into new arrays: -> a tuple of [1, out_i] float32."""
+    import cupy
+
+    ys = tuple(cupy.empty((1, w.weight.shape[1]), dtype=cupy.float32) for w in weights)
+    partial = cupy.empty(three_partial_floats(weights), dtype=cupy.float32)
+    three_call(cupy.ascontiguousarray(x, dtype=cupy.float32), weights, ys, partial,
+               _tile_counters(cupy, 3 * _tiles(max(y.shape[1] for y in ys))))()
     return ys
 
 
 def int8_gemv_routed(x, weights, experts):
-    """One token's products by its routed experts, in one launch: x [X, in] float32 (X = 1:
-    the same row for every expert; X = k: row i for expert i); weights: one or two stacked
-    QuantizedWeight8bit [E, in, out] on the GPU; experts: int32 [k] on the GPU ->
-    [k * len(weights), out] float32, row i * len(weights) + j = x_i @ weights[j] of expert
-    experts[i]."""
+    """routed_call made now, into a new array: -> [k * len(weights), out] float32."""
     import cupy
 
-    k, per_expert = experts.shape[0], len(weights)
-    a, b = weights[0], weights[-1]
-    _, n_in, n_out = a.weight.shape
-    grid, block, rows, rows_per_scale = gemv_launch(n_in, n_out, a.scales.shape[-2],
-                                                    k * per_expert)
-    partial = cupy.empty((grid[2], grid[1], n_out), dtype=cupy.float32)
-    y = cupy.empty((grid[2], n_out), dtype=cupy.float32)
-    _gemv_kernel("int8_gemv_routed")(grid, block, (
-        cupy.ascontiguousarray(x, dtype=cupy.float32), cupy.int32(0 if x.shape[0] == 1 else n_in),
-        a.weight, a.scales, b.weight, b.scales, experts, cupy.int32(per_expert), partial,
-        _tile_counters(cupy, grid[0] * grid[2]), y, cupy.int32(n_out), cupy.int32(rows),
-        cupy.int32(rows_per_scale)))
+    k = experts.shape[0]
+    y = cupy.empty((k * len(weights), weights[0].weight.shape[2]), dtype=cupy.float32)
+    partial = cupy.empty(routed_partial_floats(weights, k), dtype=cupy.float32)
+    routed_call(cupy.ascontiguousarray(x, dtype=cupy.float32), weights, experts, y, partial,
+                _tile_counters(cupy, y.shape[0] * _tiles(y.shape[1])))()
     return y
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..reference.layer import decoder_layer
 from ..reference.quant import QuantizedWeight8bit
-from .decode import decode_fits, decode_layer
+from .decode import decode_fits, decode_layer, decode_plan, decode_scratch
 from .placement import enter, place
 from .weights import Int8Weight, StreamedWeight, TiedEmbedding
 
@@ -39,9 +39,21 @@ def for_cpu(tree):
     return np.array(tree) if tree.nbytes <= ALIGN_COPY_BYTES else TiedEmbedding(tree)
 
 
-def gpu_layer_fn(places, home: int):
+def gpu_layer_fn(params: dict, cfg, places, home: int):
     """The decoder layer for a model placed on GPUs: ``places[i]`` says where layer i runs;
-    the last layer's output goes back to GPU ``home``, where the embeddings are."""
+    the last layer's output goes back to GPU ``home``, where the embeddings are. Each layer's
+    decode plan is made here, once: the scratch its steps write (one per GPU, for caches of
+    the model's sequence_len) and, for a resident layer, its CUDA graph (decode.py)."""
+    import cupy
+
+    scratch, plans = {}, []
+    for layer, where in zip(params["layers"], places):
+        with cupy.cuda.Device(where.device):
+            if where.device not in scratch:
+                scratch[where.device] = decode_scratch(layer, cfg, cfg.sequence_len)
+            plans.append(decode_plan(scratch[where.device], graphs=where.resident))
+    cupy.cuda.Device(home).use()
+
     def layer_fn(h, layer, cfg, *, keep, offset=0, cache=None, index=0, trace=None):
         h, keep = enter(places[index].device, h, keep)
         attention = layer["multi_head_attention"]
@@ -50,7 +62,8 @@ def gpu_layer_fn(places, home: int):
         if streamed:                     # their copies start now, one after another
             streamed[0].streamer.prefetch(streamed)
         if trace is None and decode_fits(h, cache, offset, cfg):
-            h = decode_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=index)
+            h = decode_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=index,
+                             plan=plans[index])
         else:
             h = decoder_layer(h, layer, cfg, keep=keep, offset=offset, cache=cache, index=index,
                               trace=trace)
@@ -71,4 +84,4 @@ def prepare(params: dict, cfg, device: str = "cpu", gpu_memory: float | None = N
     devices = parse_devices(device)
     limit = None if gpu_memory is None else int(gpu_memory * 2**30)
     placed, places, _ = place(params, cfg, devices, limit)
-    return placed, gpu_layer_fn(places, devices[0])
+    return placed, gpu_layer_fn(placed, cfg, places, devices[0])

@@ -32,19 +32,38 @@ def gelu(x):
     return 0.5 * x * (1.0 + xp.tanh(c * (x + xp.float32(0.044715) * x * x * x)))
 
 
+def router_logits(x, router):
+    """x: [T, D], router: [D, E] -> logits [T, E] float32.
+
+    Each product and sum in float64 (a product of two float32 is exact there), rounded to
+    float32 once. The official code's float32 dot leaves the order of its 6144 additions to
+    the library, and so does any float32 BLAS: two experts' logits within a few ulps of each
+    other could then swap places between numpy, CuPy and a kernel, and pick another expert.
+    Summed in float64, the order moves a logit by ~1e-13 of its terms, far below float32's
+    ulp, and every device routes alike (engine/kernels/decode.cu's router_logits sums so
+    too). The rows go EXPERT_ROWS at a time: a long prompt's float64 copy stays small.
+    """
+    xp = array_module(x)
+    w = xp.asarray(router, dtype=xp.float64)
+    return xp.concatenate([(x[r:r + EXPERT_ROWS].astype(xp.float64) @ w).astype(xp.float32)
+                           for r in range(0, max(len(x), 1), EXPERT_ROWS)])
+
+
 def route(x, router, k: int):
     """x: [T, D], router: [D, E] -> (probs [T, E], expert_ids [T, k], gates [T, k])."""
     xp = array_module(x)
-    logits = x.astype(xp.float32, copy=False) @ xp.asarray(router, dtype=xp.float32)   # [T, E]
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    probs = xp.exp(logits)
+    logits = router_logits(x, router)                                         # [T, E]
+    probs = xp.exp(logits - logits.max(axis=-1, keepdims=True))
     probs = probs / probs.sum(axis=-1, keepdims=True)
-    # k rounds of argmax, which like jax.lax.top_k picks the lower index on a tie.
-    ids, left = [], probs.copy()
+    # The k largest probabilities are the k largest logits (the softmax keeps their order):
+    # chosen from the logits, before exp's rounding could make two of them equal on one
+    # machine and not on another. k rounds of argmax, which like jax.lax.top_k picks the
+    # lower index on a tie.
+    ids, left = [], logits.copy()
     for _ in range(k):
         best = left.argmax(axis=-1)                                           # [T]
         ids.append(best)
-        left[xp.arange(len(best)), best] = -1.0
+        left[xp.arange(len(best)), best] = -xp.inf
     ids = xp.stack(ids, axis=-1)                                              # [T, k]
     return probs, ids, xp.take_along_axis(probs, ids, axis=-1)
 

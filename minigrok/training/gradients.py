@@ -158,14 +158,15 @@ def gelu_backward(g, a, t):
     return g * (0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * GELU_C * (1.0 + 3 * GELU_A * a * a))
 
 
-def top_k(probs, k: int):
-    """probs: [N, E] -> ids [N, k]: reference.moe.route's choice (ties to the lower index)."""
-    xp = array_module(probs)
-    ids, left = [], probs.copy()
+def top_k(scores, k: int):
+    """scores: [N, E] router logits (or probabilities: the same order) -> ids [N, k]:
+    reference.moe.route's choice, the k largest, ties to the lower index."""
+    xp = array_module(scores)
+    ids, left = [], scores.copy()
     for _ in range(k):
         best = left.argmax(axis=-1)
         ids.append(best)
-        left[xp.arange(len(best)), best] = -1.0
+        left[xp.arange(len(best)), best] = -xp.inf
     return xp.stack(ids, axis=-1)
 
 
@@ -179,7 +180,7 @@ def moe_forward(x, router, linear, linear_v, linear_1, *, num_selected: int):
     z = z - z.max(axis=-1, keepdims=True)
     probs = xp.exp(z)
     probs /= probs.sum(axis=-1, keepdims=True)
-    ids = top_k(probs, num_selected)                                             # [N, k]
+    ids = top_k(z, num_selected)                                                 # [N, k]
     gates = xp.take_along_axis(probs, ids, axis=-1)                              # [N, k]
     out = xp.zeros_like(x)
     experts = {}

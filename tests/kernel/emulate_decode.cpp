@@ -64,29 +64,41 @@ static void launch(int grid, int block, size_t shared_bytes, const std::function
 }
 
 extern "C" {
+void run_begin_step(int grid, int block, const float* h, const bool* keep, int pos, float* inp,
+                    bool* step_keep, int* step_pos, int n) {
+    launch(grid, block, 0, [&] { begin_step(h, keep, pos, inp, step_keep, step_pos, n); });
+}
 void run_rms_norm(int grid, int block, const float* x, const float* scale, const float* residual,
                   int has_residual, float* out, int n, float eps) {
     launch(grid, block, 0, [&] { rms_norm(x, scale, residual, has_residual, out, n, eps); });
 }
 void run_rope_and_cache(int grid, int block, const float* q, const float* k, const float* v,
                         const bool* keep, float* q_rot, float* cache_k, float* cache_v,
-                        bool* cache_keep, int pos, int H, int K, int d, float base) {
+                        bool* cache_keep, const int* step_pos, int H, int K, int d, float base) {
     launch(grid, block, 0, [&] {
-        rope_and_cache(q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, pos, H, K, d, base);
+        rope_and_cache(q, k, v, keep, q_rot, cache_k, cache_v, cache_keep, step_pos, H, K, d,
+                       base);
     });
 }
 void run_attention_part(int grid, int block, size_t shared_bytes, const float* q_rot,
                         const float* cache_k, const float* cache_v, const bool* cache_keep,
-                        float* part, float* part_max, float* part_sum, int S, int K, int G,
-                        int d, int chunk, float multiplier, float cap, float masked) {
+                        float* part, float* part_max, float* part_sum, const int* step_pos,
+                        int K, int G, int d, int chunk, float multiplier, float cap,
+                        float masked) {
     launch(grid, block, shared_bytes, [&] {
-        attention_part(q_rot, cache_k, cache_v, cache_keep, part, part_max, part_sum, S, K, G,
-                       d, chunk, multiplier, cap, masked);
+        attention_part(q_rot, cache_k, cache_v, cache_keep, part, part_max, part_sum, step_pos,
+                       K, G, d, chunk, multiplier, cap, masked);
     });
 }
 void run_attention_combine(int grid, int block, const float* part, const float* part_max,
-                           const float* part_sum, float* out, int P, int H, int d) {
-    launch(grid, block, 0, [&] { attention_combine(part, part_max, part_sum, out, P, H, d); });
+                           const float* part_sum, float* out, const int* step_pos, int chunk,
+                           int H, int d) {
+    launch(grid, block, 0, [&] {
+        attention_combine(part, part_max, part_sum, out, step_pos, chunk, H, d);
+    });
+}
+void run_router_logits(const float* x, const float* router, float* logits, int D, int E) {
+    launch(E, ROUTER_THREADS, 0, [&] { router_logits(x, router, logits, D, E); });
 }
 void run_route_top_k(const float* logits, float* probs, int* ids, float* gates, int E, int k) {
     launch(1, 1, 0, [&] { route_top_k(logits, probs, ids, gates, E, k); });

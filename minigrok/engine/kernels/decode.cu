@@ -1,5 +1,7 @@
 // minigrok's GPU decode kernels: one token through a decoder layer in few launches
 // (engine/decode.py launches them; tests/kernel/emulate_decode.cpp runs them on the CPU).
+// The token's position is read from device memory (begin_step writes it), never passed by
+// value: a layer's launches are then the same every step and can be replayed as one CUDA graph.
 // Each follows the reference function it replaces, step for step, and is compiled without
 // fused multiply-adds so that each product and sum rounds as CuPy's separate operations do.
 // Every Grok-1 constant (eps, the RoPE base, the soft cap, the masked score) comes in as an
@@ -31,6 +33,18 @@ __device__ float block_reduce(float v, float* red, bool is_max) {
     return warp_reduce(v, is_max);
 }
 
+// A decode step's inputs into the layer's fixed buffers: the token's activations h [n] to inp,
+// its keep flag and position to step_keep[0], step_pos[0]. h may already be inp.
+extern "C" __global__ void begin_step(const float* h, const bool* keep, int pos, float* inp,
+                                      bool* step_keep, int* step_pos, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) inp[i] = h[i];
+    if (i == 0) {
+        step_keep[0] = keep[0];
+        step_pos[0] = pos;
+    }
+}
+
 // rmsnorm.rms_norm of one row, plus `residual` when has_residual (layer.py's h + norm(a)).
 extern "C" __global__ void rms_norm(const float* x, const float* scale, const float* residual,
                                     int has_residual, float* out, int n, float eps) {
@@ -44,14 +58,14 @@ extern "C" __global__ void rms_norm(const float* x, const float* scale, const fl
     }
 }
 
-// rope.apply_rope on the token's H query heads and K key heads at position pos (rotate-half:
-// feature f turns with feature f + d/2), then attention.py's cache writes at row pos: the
-// rotated key, the value and the token's keep flag. One thread per rotated pair.
+// rope.apply_rope on the token's H query heads and K key heads at position pos = step_pos[0]
+// (rotate-half: feature f turns with feature f + d/2), then attention.py's cache writes at row
+// pos: the rotated key, the value and the token's keep flag. One thread per rotated pair.
 extern "C" __global__ void rope_and_cache(
         const float* q, const float* k, const float* v, const bool* keep, float* q_rot,
-        float* cache_k, float* cache_v, bool* cache_keep, int pos, int H, int K, int d,
-        float base) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x, half = d / 2;
+        float* cache_k, float* cache_v, bool* cache_keep, const int* step_pos, int H, int K,
+        int d, float base) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, half = d / 2, pos = step_pos[0];
     if (i < K * d) cache_v[(size_t)pos * K * d + i] = v[i];
     if (i == 0) cache_keep[pos] = keep[0];
     if (i >= (H + K) * half) return;
@@ -67,23 +81,26 @@ extern "C" __global__ void rope_and_cache(
 }
 
 // attention.attention_weights and the weighted sum of values for the token's H = K G query
-// heads over cache rows 0..S-1, in two steps. A long cache must be read by many blocks at
-// once to be read at the memory's speed, and each row should be read once, not once for each
-// of the G query heads that share its kv head. So block b takes kv head b / P with its G
-// query heads and rows [c0, c0 + chunk), c0 = (b % P) chunk, P = ceil(S / chunk) blocks per kv
-// head: q.k * multiplier, cap tanh(s / cap), padding keys at masked, a softmax over its own rows,
-// and those probabilities @ values. That is the answer where P is 1. Otherwise the block also
-// leaves its scores' maximum and sum of exponentials, and attention_combine weights the P
-// parts: part c counts exp(max_c - max) sum_c / (the same summed over the parts), which is
-// exactly the share of the probability its rows get from a softmax over all S rows.
-// part: [P, H, d]; part_max, part_sum: [P, H]. Scores live in shared memory: [G, chunk].
+// heads over cache rows 0..S-1, S = step_pos[0] + 1, in two steps. A long cache must be read
+// by many blocks at once to be read at the memory's speed, and each row should be read once,
+// not once for each of the G query heads that share its kv head. So block b takes kv head
+// b / P_max with its G query heads and rows [c0, c0 + chunk), c0 = c chunk, c = b % P_max:
+// q.k * multiplier, cap tanh(s / cap), padding keys at masked, a softmax over its own rows,
+// and those probabilities @ values; it leaves its scores' maximum and sum of exponentials
+// too, and attention_combine weights the P = ceil(S / chunk) parts: part c counts
+// exp(max_c - max) sum_c / (the same summed over the parts), which is exactly the share of
+// the probability its rows get from a softmax over all S rows. The grid has room for the
+// whole cache, P_max blocks per kv head (gridDim.x = K P_max), so that it need not change as
+// S grows; blocks past P return at once.
+// part: [P_max, H, d]; part_max, part_sum: [P_max, H]. Scores live in shared memory: [G, chunk].
 extern "C" __global__ void attention_part(
         const float* q_rot, const float* cache_k, const float* cache_v, const bool* cache_keep,
-        float* part, float* part_max, float* part_sum, int S, int K, int G, int d, int chunk,
-        float multiplier, float cap, float masked) {
+        float* part, float* part_max, float* part_sum, const int* step_pos, int K, int G, int d,
+        int chunk, float multiplier, float cap, float masked) {
     DYNAMIC_SHARED(shared);
-    int P = (S + chunk - 1) / chunk, H = K * G;
-    int kv = blockIdx.x / P, c = blockIdx.x % P, c0 = c * chunk, n = min(chunk, S - c0);
+    int S = step_pos[0] + 1, P = (S + chunk - 1) / chunk, P_max = gridDim.x / K, H = K * G;
+    int kv = blockIdx.x / P_max, c = blockIdx.x % P_max, c0 = c * chunk, n = min(chunk, S - c0);
+    if (c >= P) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const float* q = q_rot + (size_t)kv * G * d;       // the kv head's G query heads
     // A warp per key, against each of the G queries in turn. The key loop is unrolled so that
@@ -139,11 +156,12 @@ extern "C" __global__ void attention_part(
         }
 }
 
-// The P parts of attention_part into out [H, d]: a block per query head.
+// The P parts of attention_part into out [H, d]: a block per query head. With one part its
+// share is part_sum / part_sum = 1 exactly, and out is that part, bit for bit.
 extern "C" __global__ void attention_combine(const float* part, const float* part_max,
-                                             const float* part_sum, float* out, int P, int H,
-                                             int d) {
-    int h = blockIdx.x;
+                                             const float* part_sum, float* out,
+                                             const int* step_pos, int chunk, int H, int d) {
+    int h = blockIdx.x, P = (step_pos[0] + chunk) / chunk;         // ceil((pos + 1) / chunk)
     float top = NEG_INF, total = 0.0f;
     for (int c = 0; c < P; c++) top = fmaxf(top, part_max[c * H + h]);
     for (int c = 0; c < P; c++) total += part_sum[c * H + h] * expf(part_max[c * H + h] - top);
@@ -157,9 +175,32 @@ extern "C" __global__ void attention_combine(const float* part, const float* par
     }
 }
 
-// moe.route for one token: softmax over the E router logits, then k rounds of "largest
-// left", the lower index winning a tie (jax.lax.top_k). One thread: E is 8.
-// ids, gates: [k], by ascending expert index.
+// moe.route's router product for one token: logits [E] = x [D] @ router [D, E], as the
+// reference computes it: each product and sum in float64 (a float32 product is exact there),
+// rounded to float32 once at the end. So the logits do not depend on the order of the sum
+// (to within float64's rounding, ~1e-13 of the terms), and the experts are chosen as the
+// reference chooses them even where two logits are an ulp apart or equal. A block per expert,
+// 256 threads (the block size the shared sums are made for), each summing every 256th row,
+// then halving in shared memory: the same order every run.
+#define ROUTER_THREADS 256
+extern "C" __global__ void router_logits(const float* x, const float* router, float* logits,
+                                         int D, int E) {
+    __shared__ double sums[ROUTER_THREADS];
+    int e = blockIdx.x, t = threadIdx.x;
+    double sum = 0.0;
+    for (int i = t; i < D; i += ROUTER_THREADS)
+        sum += (double)x[i] * (double)router[(size_t)i * E + e];
+    sums[t] = sum;
+    for (int half = ROUTER_THREADS / 2; half > 0; half /= 2) {
+        __syncthreads();
+        if (t < half) sums[t] += sums[t + half];
+    }
+    if (t == 0) logits[e] = (float)sums[0];
+}
+
+// moe.route for one token: softmax over the E router logits for the gates, and the k largest
+// logits for the experts (k rounds of "largest left", the lower index winning a tie, as
+// jax.lax.top_k does). One thread: E is 8. ids, gates: [k], by ascending expert index.
 extern "C" __global__ void route_top_k(const float* logits, float* probs, int* ids,
                                        float* gates, int E, int k) {
     float top = logits[0], total = 0.0f;
@@ -170,7 +211,7 @@ extern "C" __global__ void route_top_k(const float* logits, float* probs, int* i
     for (int r = 0; r < k; r++) {
         int best = -1;
         for (int e = 0; e < E; e++)
-            if (!taken[e] && (best < 0 || probs[e] > probs[best])) best = e;
+            if (!taken[e] && (best < 0 || logits[e] > logits[best])) best = e;
         taken[best] = true;
     }
     // The chosen experts in ascending order, the order moe.moe adds them in.

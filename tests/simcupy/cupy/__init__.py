@@ -6,7 +6,10 @@ which path a product takes, the kernel's launch geometry), not CuPy or a GPU. Ar
 different devices, or a host numpy array, mixed in one operation raise, as they fail on a
 real GPU. RawKernel runs the int8 GEMV's block decomposition, and the decode kernels'
 formulas, in numpy. Products under CuPy's TF32 setting see their float32 inputs cut to TF32
-(_core/_routines_linalg.py).
+(_core/_routines_linalg.py). A stream capture (Stream.begin_capture) records RawKernel launches,
+arguments as given (arrays by reference, scalars by value, as a CUDA graph keeps pointers and
+values), for Graph.launch to replay; anything else done during a capture raises (in CuPy it
+would be an allocation, a copy or a library call that a graph must not hold).
 """
 
 import re
@@ -18,6 +21,13 @@ import numpy
 
 NUM_DEVICES = 2
 _current = [0]
+_capture = []          # the launches being recorded, while a stream captures
+_allocator = [lambda nbytes: None]      # cuda.set_allocator's: called with each new array's size
+
+
+def _not_capturing(what):
+    if _capture:
+        raise RuntimeError(f"simulated cupy: {what} during a stream capture")
 
 
 class ndarray(numpy.ndarray):
@@ -33,6 +43,7 @@ class ndarray(numpy.ndarray):
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
 
     def get(self):
+        _not_capturing("get()")
         return numpy.array(self)
 
     def set(self, arr, stream=None):
@@ -44,6 +55,7 @@ class ndarray(numpy.ndarray):
         numpy.copyto(numpy.asarray(self), arr)
 
     def _check(self, args):
+        _not_capturing("an array operation")
         if any(_is_host(a) for a in args):
             raise TypeError("simulated cupy: a numpy array in a cupy operation")
         devices = {a.dev for a in args if isinstance(a, ndarray)}
@@ -100,6 +112,8 @@ def _wrap(r):
     if isinstance(r, (list, tuple)):
         return type(r)(_wrap(i) for i in r)
     if isinstance(r, numpy.ndarray) and not isinstance(r, ndarray):
+        if r.base is None:                    # a new array, not a view: device memory
+            _allocator[0](r.nbytes)
         out = r.view(ndarray)
         out.dev = _current[0]
         return out
@@ -112,6 +126,7 @@ def get_array_module(*arrays):
 
 def asarray(a, dtype=None):
     """Host -> current GPU (a copy); an array on another GPU raises, like mixing devices."""
+    _not_capturing("asarray")
     if isinstance(a, ndarray):
         if a.dev != _current[0]:
             raise ValueError("simulated cupy: asarray of an array on another device")
@@ -141,6 +156,7 @@ def __getattr__(name):                    # everything else: numpy's, on simulat
         return f
 
     def call(*args, **kw):
+        _not_capturing(f"cupy.{name}")
         if any(_is_host(a) for a in _flatten((args, kw))):
             raise TypeError(f"simulated cupy: a numpy array passed to cupy.{name}")
         return _wrap(f(*_unwrap(args), **_unwrap(kw)))
@@ -184,7 +200,16 @@ class Stream:
     ptr = 0
 
     def __init__(self, non_blocking=False):
-        pass
+        self.non_blocking = non_blocking
+
+    def begin_capture(self):
+        # CuPy: the capturing stream cannot be the (blocking) default stream
+        assert self.non_blocking and not _capture, "capture on a non-blocking stream, one at a time"
+        _capture.append([])
+        self.device = _current[0]
+
+    def end_capture(self):
+        return Graph(_capture.pop(), self.device)
 
     def record(self):
         event = Event()
@@ -202,6 +227,19 @@ class Stream:
 
     def synchronize(self):
         pass
+
+
+class Graph:
+    """A captured stream's launches, replayed in order on the device it was captured on."""
+
+    def __init__(self, launches, device):
+        self.launches, self.device = launches, device
+
+    def launch(self, stream=None):
+        assert _current[0] == self.device, "a graph runs on the device it was captured on"
+        assert self.launches, "an empty graph"
+        for kernel, grid, block, args, shared_mem in self.launches:
+            kernel.run(grid, block, args, shared_mem)
 
 
 class Event:
@@ -237,6 +275,12 @@ class RawKernel:
             self.decode = getattr(_DecodeKernels, name)
 
     def __call__(self, grid, block, args, shared_mem=0):
+        if _capture:                          # recorded as the graph will hold it
+            _capture[-1].append((self, grid, block, tuple(args), shared_mem))
+            return
+        return self.run(grid, block, args, shared_mem)
+
+    def run(self, grid, block, args, shared_mem=0):
         if any(_is_host(a) for a in args) or \
                 any(a.dev != _current[0] for a in args if isinstance(a, ndarray)):
             raise ValueError(f"simulated cupy: {self.name} given an array off the current device")
@@ -292,6 +336,12 @@ class RawKernel:
 
 class _DecodeKernels:
     @staticmethod
+    def begin_step(grid, block, shared_mem, h, keep, pos, inp, step_keep, step_pos, n):
+        assert grid[0] * block[0] >= n == inp.size == h.size
+        inp.ravel()[:] = h.ravel()
+        step_keep[0], step_pos[0] = keep[0], pos
+
+    @staticmethod
     def rms_norm(grid, block, shared_mem, x, scale, residual, has_residual, out, n, eps):
         assert grid == (1,) and x.size == n == out.size
         y = x.ravel() / numpy.sqrt((x.ravel() * x.ravel()).mean() + eps) * scale
@@ -299,9 +349,10 @@ class _DecodeKernels:
 
     @staticmethod
     def rope_and_cache(grid, block, shared_mem, q, k, v, keep, q_rot, cache_k, cache_v,
-                       cache_keep, pos, H, K, d, base):
+                       cache_keep, step_pos, H, K, d, base):
         assert grid[0] * block[0] >= max((H + K) * d // 2, K * d)
-        half = d // 2
+        assert step_pos.dtype == numpy.int32 and step_pos.shape == (1,)
+        pos, half = int(step_pos[0]), d // 2
         angle = numpy.float32(pos) * (1 / base ** (numpy.arange(0, d, 2, dtype=numpy.float32) / d))
         c, s = numpy.cos(angle), numpy.sin(angle)
 
@@ -315,10 +366,14 @@ class _DecodeKernels:
 
     @staticmethod
     def attention_part(grid, block, shared_mem, q_rot, cache_k, cache_v, cache_keep, part,
-                       part_max, part_sum, S, K, G, d, chunk, multiplier, cap, masked):
-        P = -(-S // chunk)
-        assert grid == (K * P,) and shared_mem >= G * chunk * 4 and block[0] % 32 == 0
-        assert part.size == P * K * G * d and part_max.shape == part_sum.shape == (P, K * G)
+                       part_max, part_sum, step_pos, K, G, d, chunk, multiplier, cap, masked):
+        S = int(step_pos[0]) + 1
+        P, P_max = -(-S // chunk), grid[0] // K
+        assert grid == (K * P_max,) and P <= P_max and S <= cache_k.shape[0]
+        assert shared_mem >= G * chunk * 4 and block[0] % 32 == 0
+        # parts [>= P_max, H, d], [>= P_max, H]: a scratch made for longer caches will do
+        assert part.shape[0] >= P_max and part.shape[1:] == (K * G, d)
+        assert part_max.shape == part_sum.shape == (part.shape[0], K * G)
         q = q_rot.reshape(K, G, d)
         for c in range(P):
             rows = slice(c * chunk, min(S, (c + 1) * chunk))
@@ -328,20 +383,30 @@ class _DecodeKernels:
             top = scores.max(axis=-1, keepdims=True)
             p = numpy.exp(scores - top)
             total = p.sum(axis=-1, keepdims=True)
-            part.reshape(P, K, G, d)[c] = numpy.einsum("kgs,skd->kgd", p / total, cache_v[rows])
+            part.reshape(-1, K, G, d)[c] = numpy.einsum("kgs,skd->kgd", p / total, cache_v[rows])
             part_max[c], part_sum[c] = top.ravel(), total.ravel()
 
     @staticmethod
-    def attention_combine(grid, block, shared_mem, part, part_max, part_sum, out, P, H, d):
-        assert grid == (H,) and part.shape == (P, H, d) and out.size == H * d
+    def attention_combine(grid, block, shared_mem, part, part_max, part_sum, out, step_pos,
+                          chunk, H, d):
+        P = (int(step_pos[0]) + chunk) // chunk
+        assert grid == (H,) and part.shape[1:] == (H, d) and P <= part.shape[0]
+        assert out.size == H * d
+        part, part_max, part_sum = part[:P], part_max[:P], part_sum[:P]
         share = part_sum * numpy.exp(part_max - part_max.max(axis=0))          # [P, H]
         out.reshape(H, d)[:] = numpy.einsum("ph,phd->hd", share / share.sum(axis=0), part)
+
+    @staticmethod
+    def router_logits(grid, block, shared_mem, x, router, logits, D, E):
+        assert grid == (E,) and block == (256,) and x.size == D and router.shape == (D, E)
+        logits[:] = (x.ravel().astype(numpy.float64) @ router.astype(numpy.float64)).astype(
+            numpy.float32)
 
     @staticmethod
     def route_top_k(grid, block, shared_mem, logits, probs, ids, gates, E, k):
         p = numpy.exp(logits.ravel() - logits.max())
         probs[:] = p / p.sum()
-        ids[:] = numpy.sort(numpy.argsort(-probs, kind="stable")[:k])
+        ids[:] = numpy.sort(numpy.argsort(-logits, kind="stable")[:k])
         gates[:] = probs[ids]
 
     @staticmethod
@@ -362,18 +427,27 @@ class _DecodeKernels:
         m.ravel()[:] = total
 
 
+def _set_allocator(allocator=None):
+    _allocator[0] = allocator or (lambda nbytes: None)
+
+
 def _elapsed(start, end):
     return (end.t - start.t) * 1e3
 
 
 cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, get_elapsed_time=_elapsed,
                              get_current_stream=Stream, alloc_pinned_memory=bytearray,
+                             set_allocator=_set_allocator,
                              runtime=types.SimpleNamespace(getDeviceCount=lambda: NUM_DEVICES))
 
 
 class _Pool:
     def total_bytes(self):
         return 0
+
+    def malloc(self, nbytes):
+        return None
+
 
 
 def get_default_memory_pool():

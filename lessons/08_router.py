@@ -26,7 +26,12 @@
 #
 # **The code.** `minigrok/reference/moe.py`: `route(x, router, k)` returns `probs` [T, E],
 # `expert_ids` [T, k] and `gates` [T, k]. `decoder_layer` records them in its `trace` as
-# `router_probs`, `expert_ids` and `expert_gates`.
+# `router_probs`, `expert_ids` and `expert_gates`. Two choices of minigrok's own, neither of
+# which changes the formula: the logits $x W_r$ are summed in float64 and rounded to float32
+# once (`router_logits`), and the two experts are picked from the logits, which the softmax
+# keeps in the same order. A float32 sum of 6144 products depends on the order the library
+# adds them in, and exp can round two logits an ulp apart to one probability: either could
+# swap a near-tie between numpy, CuPy and the GPU kernel. This way every device picks alike.
 
 # %%
 import sys

@@ -257,8 +257,13 @@ print(f"2^23 + 128 + q - (2^23 + 128) == q for all {q_all.size} bytes; e.g. q = 
 # Each kernel is the teaching formula in the teaching order, compiled without fused
 # multiply-adds, and
 # `tests/test_cupy.py` holds the layer to `decoder_layer` on random layers, positions and
-# padding. What is left: the expert products (six 201 MB reads at ~3 TB/s) and the host's
-# time to queue the 14 launches, ~0.57 ms a layer, about as long as the GPU takes.
+# padding. What was left then: the host's time to queue the 14 launches, ~0.57 ms a layer,
+# about as long as the GPU takes. So the launches are now made ahead (`decode.decode_plan`):
+# every buffer a step writes is made once per GPU at load, the launches are bound to the
+# weights and the KV cache at the first step, the token's position is read from GPU memory
+# instead of being passed in, and from the second step on the layer's 15 launches are
+# replayed as one CUDA graph: two launches a layer for the host. (Built and tested against
+# the simulated CuPy and the emulated kernels; not yet timed on a GPU.)
 
 # %% [markdown]
 # ## Attention over a long cache, in parts: `decode.attend`

@@ -7,7 +7,7 @@ steps for one token with the kernels of kernels/decode.cu and the int8 GEMV (gem
 teaching formulas in the teaching order, compiled without fused multiply-adds so that each
 product and sum is rounded as CuPy's separate operations round it. Both experts go through each
 of their steps in one launch (their up and gate products, gelu_mul, their down products, the
-gated sum), and so do the query, key and value products: 16 launches a layer.
+gated sum), and so do the query, key and value products: 15 launches a layer.
 
 Queued one by one, those launches cost the host about as long as the GPU takes to run them (an
 H200: 0.58 ms of queueing for a 0.51 ms layer, 21 cupy.empty calls among them). So a layer's

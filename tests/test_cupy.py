@@ -219,6 +219,18 @@ def test_decode_steps_replayed_as_a_graph_equal_the_teaching_layer(tiny_dir, pro
     assert short["bound"] is None and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
+def test_a_failed_capture_decodes_one_launch_at_a_time(tiny_dir, monkeypatch):
+    # a CuPy or driver that cannot capture the launches: a warning, then the same tokens
+    def refuse(steps):
+        raise RuntimeError("stream capture not supported")
+
+    monkeypatch.setattr(decode, "_capture", refuse)
+    kwargs = dict(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=5)
+    with pytest.warns(UserWarning, match="decoding without CUDA graphs: the capture failed"):
+        gpu = list(minigrok.load(tiny_dir, device="cuda").generate_ids([5, 17, 300], **kwargs))
+    assert gpu == list(minigrok.load(tiny_dir).generate_ids([5, 17, 300], **kwargs))
+
+
 @settings(max_examples=10, deadline=None)
 @given(S=st.integers(1, 3000), kept=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
        seed=st.integers(0, 2**32 - 1))

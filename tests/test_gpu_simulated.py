@@ -28,4 +28,4 @@ def test_gpu_tests_pass_on_simulated_cupy(tmp_path):
                         "--basetemp", str(tmp_path / "t"), str(REPO / "tests" / "test_cupy.py")],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "12 passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
+    assert "13 passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]

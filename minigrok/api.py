@@ -73,8 +73,10 @@ class Model:
         self.config = self.checkpoint.config
         params = model_params(self.checkpoint.params, self.config.num_layers)
         # The engine's parameters and decoder layer: on GPUs resident where they fit and
-        # streamed where not (engine/placement.py); the model code is the reference's.
-        self.params, layer_fn = runtime.prepare(params, self.config, device, gpu_memory)
+        # streamed where not (engine/placement.py), with their decode plans on GPUs (engine/
+        # decode.py); the model code is the reference's.
+        self.params, layer_fn, self.decode_plans = runtime.prepare(params, self.config, device,
+                                                                    gpu_memory)
         self.layer_fn = _checked_first_forward(layer_fn, self.params)
         self._tokenizer_path = tokenizer
         self._sp = None

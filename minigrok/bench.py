@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from .engine.cpu import CHUNK_ELEMENTS
+from .engine.decode import replayed
 from .engine.devices import backend
 from .engine.native import native_kernel
 from .engine.threads import parallel_map, split_range
@@ -269,6 +270,9 @@ def bench(checkpoint, prompt_len: int = 16, new_tokens: int = 16, device: str = 
                     for layer in m.params["layers"]]
         result["resident_layers"] = len(streamed) - sum(streamed)
         result["streamed_layers"] = sum(streamed)
+        # decoding's CUDA graphs (engine/decode.py): a layer that failed to capture runs its
+        # launches one by one, and says so here
+        result["graph_layers"] = sum(map(replayed, m.decode_plans))
         result["gpu_pool_mb"] = xp.get_default_memory_pool().total_bytes() / 2**20
         if bandwidth:
             result.update(int8_kernel_bandwidth(xp))

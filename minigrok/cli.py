@@ -187,8 +187,9 @@ def cmd_bench(args):
                   f": token efficiency {r['token_efficiency']:.2f}"
                   if "token_efficiency" in r else ""))
     if "resident_layers" in r:
-        print(f"gpu             {r['resident_layers']} layers resident, {r['streamed_layers']} "
-              f"streamed from the host, {r['gpu_pool_mb']:.0f} MB in CuPy's pool")
+        print(f"gpu             {r['resident_layers']} layers resident ({r['graph_layers']} "
+              f"decoding as CUDA graphs), {r['streamed_layers']} streamed from the host, "
+              f"{r['gpu_pool_mb']:.0f} MB in CuPy's pool")
     if "int8_gemv_gb_s" in r:
         print(f"int8 kernel     {r['int8_gemv_gb_s']:.3g} GB/s on a 6144 x 32768 matrix "
               f"(dequantise then matmul: {r['dequant_matmul_gb_s']:.3g} GB/s): "

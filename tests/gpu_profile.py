@@ -259,7 +259,7 @@ def layer_step(m, hbm):
     teaching = wall_ms(reference_step)
     emit(what="layer_decode", ms=figures["graph_ms"], teaching_ms=teaching, floor_ms=floor,
          efficiency=floor / figures["graph_ms"], teaching_efficiency=floor / teaching,
-         graph_captured=plans["graph"]["graph"] is not None, **figures,
+         graph_captured=decode.replayed(plans["graph"]), **figures,
          teaching_gpu_ms=event_ms(reference_step), host_us=per_op_us(ways["graph"], 50),
          rms_norm_ms=wall_ms(lambda: rms_norm(h, layer["rms_norm"])),
          attention_ms=wall_ms(attend),
@@ -294,7 +294,7 @@ def decode_kernels(m, hbm):
     decode.decode_layer(h, layer, cfg, keep=cupy.ones(1, dtype=bool), offset=16, cache=cache,
                         index=0, plan=plan)                           # binds, position 16
     us = {f"{i:02d}_{step.func.name}_us": each_ms(step) * 1e3
-          for i, step in enumerate(plan["steps"])}
+          for i, step in enumerate(next(iter(plan["bindings"].values()))["steps"])}
     emit(what="decode_kernels", launches=len(us), sum_ms=sum(us.values()) / 1e3, **us)
 
 

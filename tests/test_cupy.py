@@ -166,11 +166,12 @@ def test_decode_layer_equals_the_teaching_layer(tiny_dir, pads, layer, seed):
        seed=st.integers(0, 2**32 - 1))
 def test_decode_steps_replayed_as_a_graph_equal_the_teaching_layer(tiny_dir, prompt, layer, pad,
                                                                    seed):
-    # A layer's plan over 5 decode steps after a prompt: its launches bound at the first, a
-    # CUDA graph replayed from the second on, reading each step's position from the GPU (a
-    # graph holding the first step's would write every token to one row). Nothing is allocated
-    # once the graph is made. Step `pad` is a padding token; prompts up to 70 rows go past one
-    # attention block (the tiny model's 64 rows).
+    # A layer's plan over 5 decode steps after a prompt, on two caches in turn (bench
+    # alternates two): for each, its launches bound at the first step, a CUDA graph replayed
+    # from the second on, reading each step's position from the GPU (a graph holding the
+    # first step's would write every token to one row). Nothing is allocated once the graphs
+    # are made. Step `pad` is a padding token of the first cache; prompts up to 70 rows go
+    # past one attention block (the tiny model's 64 rows).
     from minigrok.reference.attention import new_cache
     from minigrok.reference.layer import decoder_layer
 
@@ -179,11 +180,14 @@ def test_decode_steps_replayed_as_a_graph_equal_the_teaching_layer(tiny_dir, pro
     rng = np.random.default_rng(seed)
     steps = 5
     T = prompt + steps
-    h = cupy.asarray(rng.standard_normal((T, cfg.emb_size)).astype(np.float32) * 3)
-    keep = cupy.asarray(np.arange(T) != prompt + pad)
-    caches = [new_cache(1, T, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
-    for cache in caches:
-        decoder_layer(h[:prompt], params, cfg, keep=keep[:prompt], cache=cache)
+    h = [cupy.asarray(rng.standard_normal((T, cfg.emb_size)).astype(np.float32) * 3)
+         for _ in range(2)]
+    keep = [cupy.asarray(np.arange(T) != prompt + pad), cupy.ones(T, dtype=bool)]
+    caches = [[new_cache(1, T, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
+              for _ in range(2)]                       # per sequence: the reference's, the plan's
+    for i in range(2):
+        for cache in caches[i]:
+            decoder_layer(h[i][:prompt], params, cfg, keep=keep[i][:prompt], cache=cache)
     plan = decode.decode_plan(decode.decode_scratch(params, cfg, cfg.sequence_len))
     pool, allocated = cupy.get_default_memory_pool(), []
 
@@ -192,31 +196,36 @@ def test_decode_steps_replayed_as_a_graph_equal_the_teaching_layer(tiny_dir, pro
         return pool.malloc(nbytes)
 
     for t in range(prompt, T):
-        want = decoder_layer(h[t:t + 1], params, cfg, keep=keep[t:t + 1], offset=t,
-                             cache=caches[0]).get()
-        x, keep_t = h[t:t + 1].copy(), keep[t:t + 1].copy()
-        cupy.cuda.set_allocator(counting if t > prompt + 1 else pool.malloc)
-        try:
-            got = decode.decode_layer(x, params, cfg, keep=keep_t, offset=t, cache=caches[1],
-                                      index=0, plan=plan)
-        finally:
-            cupy.cuda.set_allocator(pool.malloc)
-        assert (plan["graph"] is not None) == (t > prompt)
-        assert np.abs(got.get() - want).max() <= 1e-5 * np.abs(want).max(), t
+        for i in range(2):
+            want = decoder_layer(h[i][t:t + 1], params, cfg, keep=keep[i][t:t + 1], offset=t,
+                                 cache=caches[i][0]).get()
+            x, keep_t = h[i][t:t + 1].copy(), keep[i][t:t + 1].copy()
+            cupy.cuda.set_allocator(counting if t > prompt + 1 else pool.malloc)
+            try:
+                got = decode.decode_layer(x, params, cfg, keep=keep_t, offset=t,
+                                          cache=caches[i][1], index=0, plan=plan)
+            finally:
+                cupy.cuda.set_allocator(pool.malloc)
+            assert np.abs(got.get() - want).max() <= 1e-5 * np.abs(want).max(), (t, i)
+        bindings = list(plan["bindings"].values())
+        assert len(bindings) == 2 and all((b["graph"] is not None) == (t > prompt)
+                                          for b in bindings)
     assert allocated == []
-    for name in ("k", "v", "keep"):          # every token's key and value written alike
-        got, want = caches[1][name][0].get(), caches[0][name][0].get()
-        assert np.abs(got.astype(float) - want).max() <= 1e-5 * np.abs(want).max()
+    for pair in caches:                      # every token's key and value written alike
+        for name in ("k", "v", "keep"):
+            got, want = pair[1][name][0].get(), pair[0][name][0].get()
+            assert np.abs(got.astype(float) - want).max() <= 1e-5 * np.abs(want).max()
     # a scratch made for shorter caches (one attention block): a cache of more blocks goes
     # without the plan, with the same numbers
     short = decode.decode_plan(decode.decode_scratch(params, cfg, 1))
-    caches = [new_cache(1, T + 64, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
-    for cache in caches:
-        decoder_layer(h[:-1], params, cfg, keep=keep[:-1], cache=cache)
-    want = decoder_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[0]).get()
-    got = decode.decode_layer(h[-1:], params, cfg, keep=keep[-1:], offset=T - 1, cache=caches[1],
-                              index=0, plan=short).get()
-    assert short["bound"] is None and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    pair = [new_cache(1, T + 64, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
+    for cache in pair:
+        decoder_layer(h[0][:-1], params, cfg, keep=keep[0][:-1], cache=cache)
+    want = decoder_layer(h[0][-1:], params, cfg, keep=keep[0][-1:], offset=T - 1,
+                         cache=pair[0]).get()
+    got = decode.decode_layer(h[0][-1:], params, cfg, keep=keep[0][-1:], offset=T - 1,
+                              cache=pair[1], index=0, plan=short).get()
+    assert not short["bindings"] and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 def test_a_failed_capture_decodes_one_launch_at_a_time(tiny_dir, monkeypatch):
@@ -353,6 +362,7 @@ def test_bench_on_the_gpu_reports_the_kernel(tiny_dir):
     with mock.patch.object(bench_module, "int8_kernel_bandwidth", timed):
         r = bench_module.bench(tiny_dir, prompt_len=4, new_tokens=4, device="cuda")
     assert r["resident_layers"] == 12 and r["streamed_layers"] == 0
+    assert r["graph_layers"] == 12            # every layer's steps replayed as a CUDA graph
     assert r["int8_gemv_gb_s"] > 0 and r["dequant_matmul_gb_s"] > 0
     # the yardstick on a GPU: a read of 1 GiB of device memory, and every efficiency over it
     assert r["read_gb_s"] > 0 and r["token_efficiency"] > 0

@@ -165,12 +165,21 @@ def decode_scratch(layer: dict, cfg, rows: int) -> dict:
             "partial": f32(partial), "counters": cupy.zeros(TILE_COUNTERS, dtype=cupy.uint32)}
 
 
+BINDINGS = 4      # KV caches a plan keeps its launches (and graph) for: bench alternates two
+
+
 def decode_plan(scratch: dict, graphs: bool = True) -> dict:
     """A layer's decode steps, made ahead: its launches, bound to a KV cache at the first
     step with it, and, with ``graphs``, their CUDA graph from the second step on.
-    scratch: decode_scratch's, on the layer's GPU."""
-    return {"scratch": scratch, "graphs": graphs, "bound": None, "steps": None,
-            "resident": False, "graph": None, "runs": 0}
+    scratch: decode_scratch's, on the layer's GPU. "bindings": for each of the last
+    BINDINGS caches (by their addresses and shape), its steps, whether all are launches
+    ("resident"), its graph and how many steps it has run."""
+    return {"scratch": scratch, "graphs": graphs, "bindings": {}}
+
+
+def replayed(plan: dict) -> bool:
+    """Whether the plan replays a CUDA graph for one of its caches."""
+    return any(bound["graph"] is not None for bound in plan["bindings"].values())
 
 
 def _steps(layer: dict, cfg, s: dict, cache_k, cache_v, cache_keep):
@@ -275,24 +284,28 @@ def decode_layer(h, layer, cfg, *, keep, offset: int, cache, index: int, plan=No
     s = plan["scratch"]
     # A graph holds the cache's addresses: a cache at other ones (the next generation's) is
     # bound anew. (One at the same addresses and shape is bound already.)
-    bound = tuple(a.data.ptr for a in (cache_k, cache_v, cache_keep)) + cache_k.shape
-    if plan["bound"] != bound:
-        plan.update(bound=bound, graph=None, runs=0)
-        plan["steps"], plan["resident"] = _steps(layer, cfg, s, cache_k, cache_v, cache_keep)
+    key = tuple(a.data.ptr for a in (cache_k, cache_v, cache_keep)) + cache_k.shape
+    bound = plan["bindings"].get(key)
+    if bound is None:
+        if len(plan["bindings"]) == BINDINGS:
+            del plan["bindings"][next(iter(plan["bindings"]))]           # the oldest
+        steps, resident = _steps(layer, cfg, s, cache_k, cache_v, cache_keep)
+        bound = plan["bindings"][key] = {"steps": steps, "resident": resident, "graph": None,
+                                         "runs": 0}
     D = cfg.emb_size
     _decode_kernel("begin_step")((-(-D // 256),), (256,), (
         h, keep, cupy.int32(offset), s["inp"], s["keep"], s["pos"], cupy.int32(D)))
-    if plan["graph"] is None and plan["graphs"] and plan["resident"] and plan["runs"] > 0:
+    if bound["graph"] is None and plan["graphs"] and bound["resident"] and bound["runs"] > 0:
         # from the second step on: the first has run every launch once (each kernel loaded)
         try:
-            plan["graph"] = _capture(plan["steps"])
+            bound["graph"] = _capture(bound["steps"])
         except Exception as e:       # a CuPy or driver that cannot capture them: one by one
             plan["graphs"] = False
             warnings.warn(f"decoding without CUDA graphs: the capture failed ({e})")
-    if plan["graph"] is not None:
-        plan["graph"].launch(cupy.cuda.get_current_stream())
+    if bound["graph"] is not None:
+        bound["graph"].launch(cupy.cuda.get_current_stream())
     else:
-        for step in plan["steps"]:
+        for step in bound["steps"]:
             step()
-    plan["runs"] += 1
+    bound["runs"] += 1
     return s["out"]

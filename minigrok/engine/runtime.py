@@ -40,10 +40,11 @@ def for_cpu(tree):
 
 
 def gpu_layer_fn(params: dict, cfg, places, home: int):
-    """The decoder layer for a model placed on GPUs: ``places[i]`` says where layer i runs;
-    the last layer's output goes back to GPU ``home``, where the embeddings are. Each layer's
-    decode plan is made here, once: the scratch its steps write (one per GPU, for caches of
-    the model's sequence_len) and, for a resident layer, its CUDA graph (decode.py)."""
+    """The decoder layer for a model placed on GPUs, and each layer's decode plan: ->
+    (layer_fn, plans). ``places[i]`` says where layer i runs; the last layer's output goes
+    back to GPU ``home``, where the embeddings are. The plans are made here, once: the
+    scratch their steps write (one per GPU, for caches of the model's sequence_len) and, for
+    a resident layer, its CUDA graphs (decode.py)."""
     import cupy
 
     scratch, plans = {}, []
@@ -70,18 +71,19 @@ def gpu_layer_fn(params: dict, cfg, places, home: int):
         if index == len(places) - 1:
             h, = enter(home, h)
         return h
-    return layer_fn
+    return layer_fn, plans
 
 
 def prepare(params: dict, cfg, device: str = "cpu", gpu_memory: float | None = None):
     """Host parameters (checkpoint.model_params) -> (parameters on ``device``, the layer
-    function for forward). ``device``: cpu, cuda, cuda:N or cuda:N,M,...; ``gpu_memory``
-    caps the GiB used per GPU (layers beyond it stream)."""
+    function for forward, the layers' GPU decode plans: none on the CPU). ``device``: cpu,
+    cuda, cuda:N or cuda:N,M,...; ``gpu_memory`` caps the GiB used per GPU (layers beyond it
+    stream)."""
     if device == "cpu":
-        return for_cpu(params), decoder_layer
+        return for_cpu(params), decoder_layer, []
     from .devices import parse_devices
 
     devices = parse_devices(device)
     limit = None if gpu_memory is None else int(gpu_memory * 2**30)
     placed, places, _ = place(params, cfg, devices, limit)
-    return placed, gpu_layer_fn(placed, cfg, places, devices[0])
+    return (placed, *gpu_layer_fn(placed, cfg, places, devices[0]))

@@ -2,8 +2,9 @@
 
 The simulation checks minigrok's GPU glue: the memory plan applied, layers streamed from the
 host by engine/stream.py's Streamer, activations moved between two GPUs, the KV cache made
-on each layer's GPU, the kernel launched with a consistent grid; any array on the wrong
-device raises there as it would on a GPU. It proves nothing about CuPy, CUDA or speed: the real
+on each layer's GPU, the kernel launched with a consistent grid, the decode plans' CUDA
+graphs (a capture records launches and refuses anything else) replayed with nothing
+allocated; any array on the wrong device raises there as it would on a GPU. It proves nothing about CuPy, CUDA or speed: the real
 run is `bash tests/gpu_check.sh` on a GPU machine.
 """
 

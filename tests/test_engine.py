@@ -117,6 +117,9 @@ def test_for_cpu_wraps_quantised_weights_and_keeps_the_tree(tiny_dir):
                 assert isinstance(w, Int8Weight)
                 assert w.weight is theirs[block][name].weight           # read where it lies
         assert mine["router"].flags.aligned and np.array_equal(mine["router"], theirs["router"])
+    # the layer the CPU runs: the reference's, its decode steps' products batched
+    from minigrok.engine.cpu_decode import cpu_decode_layer
+    assert runtime.prepare(params, ck.config)[1] is cpu_decode_layer
 
 
 def test_the_engine_forward_equals_the_reference_forward(tiny_dir):
@@ -128,3 +131,73 @@ def test_the_engine_forward_equals_the_reference_forward(tiny_dir):
     reference = model_params(ck.params, ck.config.num_layers)
     tokens = np.array([5, 17, 300, 0, 9])
     np.testing.assert_array_equal(m.logits(tokens), forward(reference, ck.config, tokens))
+
+
+# -- the CPU's decode step: its products four at a time ----------------------------------------
+
+def engine_layer(rng, cfg, F: int) -> dict:
+    """A decoder layer of random engine weights (Int8Weight, bf16 scales) for ``cfg``, the
+    experts' hidden size F; the output projection and the down products in 8 scale blocks."""
+    D, H, K, d, E = (cfg.emb_size, cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size,
+                     cfg.num_experts)
+
+    def q8(shape, blocks):
+        scales = rng.uniform(0.5, 2, shape[:-2] + (blocks, shape[-1])) / 64
+        return Int8Weight(rng.integers(-128, 128, shape, dtype=np.int8),
+                          quant.f32_to_bf16(scales.astype(np.float32)))
+
+    return {"multi_head_attention": {"query": q8((D, H * d), 1), "key": q8((D, K * d), 1),
+                                     "value": q8((D, K * d), 1), "linear": q8((H * d, D), 8)},
+            "moe": {"linear": q8((E, D, F), 1), "linear_v": q8((E, D, F), 1),
+                    "linear_1": q8((E, F, D), 8)},
+            "router": (rng.standard_normal((D, E)) / np.sqrt(D)).astype(np.float32),
+            **{n: rng.uniform(0.5, 1.5, D).astype(np.float32)
+               for n in ("rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3")}}
+
+
+@settings(max_examples=6, deadline=None)
+@given(prompt=st.integers(1, 40), pads=st.lists(st.booleans(), min_size=3, max_size=3),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_cpu_decode_step_is_the_reference_layer_bit_for_bit(prompt, pads, seed):
+    # Weights large enough for the compiled kernel (the query, the experts' matrices) beside
+    # small ones that the reference's dequantise-and-multiply takes (key, value: 1280 x 256):
+    # three decode steps through cpu_decode_layer and through decoder_layer, each with its
+    # own cache, give the same bits, the products going in three batches a step.
+    import dataclasses
+
+    from minigrok.engine import cpu_decode, native, weights
+    from minigrok.reference.attention import new_cache
+    from minigrok.reference.config import preset
+    from minigrok.reference.layer import decoder_layer
+
+    cfg = dataclasses.replace(preset("tiny"), emb_size=1280, key_size=128, num_q_heads=10,
+                              num_kv_heads=2, num_experts=4)
+    rng = np.random.default_rng(seed)
+    layer = engine_layer(rng, cfg, F=1024)
+    T = prompt + len(pads)
+    h = (rng.standard_normal((T, cfg.emb_size)) * 3).astype(np.float32)
+    keep = np.array([True] * prompt + [not p for p in pads])
+    caches = [new_cache(1, T, cfg.num_kv_heads, cfg.key_size) for _ in range(2)]
+    for cache in caches:
+        decoder_layer(h[:prompt], layer, cfg, keep=keep[:prompt], cache=cache)
+    batches, made = [], weights.native_matmuls
+
+    def counted(problems, *args, **kw):
+        batches.append(len(problems))
+        return made(problems, *args, **kw)
+
+    weights.native_matmuls = counted
+    try:
+        for t in range(prompt, T):
+            want = decoder_layer(h[t:t + 1], layer, cfg, keep=keep[t:t + 1], offset=t,
+                                 cache=caches[0])
+            got = cpu_decode.cpu_decode_layer(h[t:t + 1], layer, cfg, keep=keep[t:t + 1],
+                                              offset=t, cache=caches[1])
+            np.testing.assert_array_equal(got, want)
+    finally:
+        weights.native_matmuls = made
+    for name in ("k", "v", "keep"):
+        np.testing.assert_array_equal(caches[1][name][0], caches[0][name][0])
+    # per step: the query alone (key and value are small), the 4 up products, the 2 down;
+    # without the compiled kernel (MINIGROK_NATIVE=0) every product goes one by one
+    assert batches == ([1, 4, 2] * len(pads) if native.native_kernel() else [])

@@ -134,6 +134,24 @@ def test_native_matmul_equals_x_times_dequantized_weight(blocks, per_block, n_ou
         np.testing.assert_array_equal(out[-1:], native.native_matmul(x[-1:], w, s, kernel))
 
 
+@settings(max_examples=15, deadline=None)
+@given(shapes=st.lists(st.tuples(st.sampled_from([1, 2, 8]), st.integers(1, 9),
+                                 st.integers(1, 2200), st.integers(1, native.NATIVE_TOKENS)),
+                       min_size=1, max_size=4),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_native_matmuls_make_each_product_as_native_matmul_does(shapes, threads, seed):
+    # several products in one parallel_map (a decode step's q|k|v, the experts' up|gate): each
+    # the same bits as alone, whatever the threads; widths past 1024 are cut into pieces
+    rng = np.random.default_rng(seed)
+    problems = [int8_problem(rng, blocks * per_block, n_out, blocks, T)[:3]
+                for blocks, per_block, n_out, T in shapes]
+    for name, kernel in kernels():
+        together = native.native_matmuls(problems, kernel, threads=threads)
+        assert len(together) == len(problems)
+        for (x, w, s), y in zip(problems, together):
+            np.testing.assert_array_equal(y, native.native_matmul(x, w, s, kernel, threads=1))
+
+
 def test_native_matmul_across_column_tiles_and_scale_blocks():
     # wider than a tile (16352 columns for one token, 2016 for eight), split into columns (one
     # scale block) or into blocks (8 of 5 rows) and columns (3 blocks, 4 threads)

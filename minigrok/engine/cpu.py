@@ -56,6 +56,13 @@ def _int8_columns_product(x, weight, scales, out, c0: int, c1: int, chunk_rows: 
                 out[:, t0:t1] += part * scales[b, t0:t1]
 
 
+def native_takes(x, weight) -> bool:
+    """Whether int8_matmul hands this product to the compiled kernel: a few tokens, a
+    C-contiguous weight, and a kernel built."""
+    return x.shape[0] <= NATIVE_TOKENS and weight.flags.c_contiguous and \
+        native_kernel() is not None
+
+
 def int8_matmul(x, weight, scales, chunk_rows: int | None = None, threads: int | None = None,
                 tile_elements: int = CHUNK_ELEMENTS):
     """x [T, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [T, out].
@@ -68,10 +75,8 @@ def int8_matmul(x, weight, scales, chunk_rows: int | None = None, threads: int |
     threaded paths on small matrices).
     """
     n_in, n_out = weight.shape
-    if x.shape[0] <= NATIVE_TOKENS and chunk_rows is None and weight.flags.c_contiguous:
-        kernel = native_kernel()
-        if kernel is not None:
-            return native_matmul(x, weight, scales, kernel, threads)
+    if chunk_rows is None and native_takes(x, weight):
+        return native_matmul(x, weight, scales, native_kernel(), threads)
     if chunk_rows is None:
         # Many tokens: tiles at least TILE_ROWS deep, so that BLAS runs near its peak (512
         # tokens x a 6144 x 32768 expert: 118-134 GFLOP/s on 2 cores, against 57 for whole

@@ -138,48 +138,99 @@ def native_kernel(name: str = "int8_matmul", variant: str = "best"):
     return _native[name, variant]
 
 
+def _product_calls(x, weight, scales, threads: int):
+    """One product's kernel calls, x [T, in] (T <= NATIVE_TOKENS) @ (weight [in, out] int8
+    times scales [B, out] float32), for ``threads``: -> (calls, out [B, T, out]), each call
+    (int8 bytes it reads, the kernel's arguments); out[b] receives block b's (x_b @ q_b) s_b."""
+    n_in, n_out = weight.shape
+    if not weight.flags.c_contiguous or weight.dtype != np.int8:
+        raise ValueError(f"native_matmul: weight must be C-contiguous int8, got {weight.dtype}")
+    T, blocks = x.shape[0], scales.shape[0]
+    rows = n_in // blocks                                        # rows per scale block
+    out = np.empty((blocks, T, n_out), dtype=np.float32)
+    # Column pieces per block, 64 columns (a cache line of int8) apart so that two threads never
+    # share a line of a row, and at least ~1024 wide: shorter rows stream badly (Grok-1's
+    # 6144 x 1024 key ran at 6-7 GB/s on one thread here and 4.4 split over two). Columns
+    # are summed alike however they are cut: no sum depends on the number of threads.
+    pieces = max(1, min(-(-threads // blocks), n_out // 1024))
+    return [(rows * (c1 - c0), (x.ctypes.data + 4 * b * rows, n_in,
+                                weight.ctypes.data + b * rows * n_out, scales[b].ctypes.data,
+                                out[b].ctypes.data, T, rows, n_out, c0, c1))
+            for b in range(blocks) for c0, c1 in split_range(n_out, pieces, 64)], out
+
+
+def _run_calls(kernel, calls, threads: int):
+    """Each call to the thread that has the fewest bytes to read so far (in order, the lowest
+    thread on a tie), then every thread's calls in one parallel_map."""
+    load, shares = [0] * threads, [[] for _ in range(threads)]
+    for cost, args in calls:
+        t = load.index(min(load))
+        load[t] += cost
+        shares[t].append(args)
+
+    def run(share):
+        for args in share:
+            kernel(*args)
+    shares = [(share,) for share in shares if share]
+    if len(shares) == 1:
+        run(*shares[0])
+    else:
+        parallel_map(run, shares)
+
+
+def _blocks_sum(out):
+    """out [B, T, n] -> the blocks added in order, [T, n]."""
+    y = out[0]
+    for b in range(1, len(out)):
+        y += out[b]
+    return y
+
+
+def native_matmuls(problems, kernel=None, threads: int | None = None) -> list:
+    """Several products by the compiled kernel, all in one parallel_map: problems, a list of
+    (x [T, in] float32, weight [in, out] int8 C-contiguous, scales [B, out] float32) -> a
+    list of [T, out] float32, each the same bits as native_matmul's.
+
+    Between two products of one parallel_map no thread waits for the other: a decode step's
+    query, key and value go together (a 6144 x 1024 key is one piece of work, which alone
+    would leave the second thread idle), and so do the two experts' four up products, then
+    their two down products (engine/cpu_decode.py). Each thread takes whole pieces of work,
+    the next to whichever has the fewest bytes so far; ``threads`` defaults to all for work
+    over PARALLEL_ELEMENTS int8 bytes.
+    """
+    kernel = kernel or native_kernel()
+    if kernel is None:
+        raise RuntimeError("native_matmul: no compiled kernel (MINIGROK_NATIVE=0, or no C "
+                           "compiler): use int8_matmul, which falls back to numpy")
+    if threads is None:
+        size = sum(w.size for _, w, _ in problems)
+        threads = num_threads() if size >= PARALLEL_ELEMENTS else 1
+    calls, outs, operands = [], [], []
+    for x, weight, scales in problems:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        scales = np.ascontiguousarray(scales, dtype=np.float32)
+        operands.append((x, scales))                      # alive until the calls have run
+        if x.shape[0] > NATIVE_TOKENS or x.shape[1] != weight.shape[0]:
+            raise ValueError(f"native_matmuls: x {x.shape} by a weight {weight.shape} (at most "
+                             f"{NATIVE_TOKENS} tokens)")
+        c, out = _product_calls(x, weight, scales, threads)
+        calls += c if x.shape[0] else []                 # (the kernel takes 1 token or more)
+        outs.append(out)
+    _run_calls(kernel, calls, threads)
+    return [_blocks_sum(out) for out in outs]
+
+
 def native_matmul(x, weight, scales, kernel=None, threads: int | None = None):
     """x [T, in] float32 @ (weight [in, out] int8 times scales [B, out] float32) -> [T, out],
     by the compiled kernel (``native_kernel()`` unless given), NATIVE_TOKENS tokens at a time,
     the scale blocks (or, for one block, the columns) split between threads. The weight must
     be C-contiguous (a checkpoint's are): it is read where it lies."""
-    kernel = kernel or native_kernel()
-    if kernel is None:
-        raise RuntimeError("native_matmul: no compiled kernel (MINIGROK_NATIVE=0, or no C "
-                           "compiler): use int8_matmul, which falls back to numpy")
-    n_in, n_out = weight.shape
-    if not weight.flags.c_contiguous or weight.dtype != np.int8:
-        raise ValueError(f"native_matmul: weight must be C-contiguous int8, got {weight.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    scales = np.ascontiguousarray(scales, dtype=np.float32)
-    T, blocks = x.shape[0], scales.shape[0]
-    rows = n_in // blocks                                        # rows per scale block
-    out = np.empty((blocks, T, n_out), dtype=np.float32)         # each block's (x_b @ q_b) * s_b
     if threads is None:
-        threads = num_threads() if n_in * n_out >= PARALLEL_ELEMENTS else 1
-    # Column pieces per block, 64 columns (a cache line of int8) apart so that two threads never
-    # share a line of a row, and at least ~1024 wide: shorter rows stream badly (Grok-1's
-    # 6144 x 1024 key ran at 6-7 GB/s on one thread here and 4.4 split over two).
-    pieces = max(1, min(-(-threads // blocks), n_out // 1024))
-    jobs = [(b, c0, c1) for b in range(blocks) for c0, c1 in split_range(n_out, pieces, 64)]
-    # in order: each thread gets one stretch of the jobs
-    groups = [jobs[j0:j1] for j0, j1 in split_range(len(jobs), threads, 1)]
-    for t0 in range(0, T, NATIVE_TOKENS):
-        tokens = min(NATIVE_TOKENS, T - t0)
-
-        def run(*group):
-            for b, c0, c1 in group:
-                kernel(x[t0:].ctypes.data + 4 * b * rows, n_in,
-                       weight.ctypes.data + b * rows * n_out, scales[b].ctypes.data,
-                       out[b, t0:].ctypes.data, tokens, rows, n_out, c0, c1)
-        if len(groups) == 1:
-            run(*groups[0])
-        else:
-            parallel_map(run, groups)
-    y = out[0]
-    for b in range(1, blocks):                                   # the blocks in order
-        y += out[b]
-    return y
+        threads = num_threads() if weight.size >= PARALLEL_ELEMENTS else 1
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ys = [native_matmuls([(x[t0:t0 + NATIVE_TOKENS], weight, scales)], kernel, threads)[0]
+          for t0 in range(0, max(x.shape[0], 1), NATIVE_TOKENS)]
+    return ys[0] if len(ys) == 1 else np.concatenate(ys)
 
 
 def native_unembed(h, matrix, kernel=None, threads: int | None = None):

@@ -2,7 +2,8 @@
 decoder layer that ``forward`` runs there (``forward(..., layer_fn=...)``).
 
 On the CPU every quantised weight becomes a weights.Int8Weight (the compiled kernel or
-numpy tiles instead of widening whole matrices) and the layer is the reference's own. On
+numpy tiles instead of widening whole matrices) and the layer is the reference's own, but
+for a decoded token, whose products cpu_decode.cpu_decode_layer makes four at a time. On
 GPUs the tree is placed by placement.py (resident where it fits, streamed where not), and
 the layer function first moves the activations to the layer's GPU, starts a streamed
 layer's attention copies, and runs a decoding step through decode.decode_layer's few
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..reference.layer import decoder_layer
 from ..reference.quant import QuantizedWeight8bit
+from .cpu_decode import cpu_decode_layer
 from .decode import decode_fits, decode_layer, decode_plan, decode_scratch
 from .placement import enter, place
 from .weights import Int8Weight, StreamedWeight, TiedEmbedding
@@ -80,7 +82,7 @@ def prepare(params: dict, cfg, device: str = "cpu", gpu_memory: float | None = N
     cuda, cuda:N or cuda:N,M,...; ``gpu_memory`` caps the GiB used per GPU (layers beyond it
     stream)."""
     if device == "cpu":
-        return for_cpu(params), decoder_layer, []
+        return for_cpu(params), cpu_decode_layer, []
     from .devices import parse_devices
 
     devices = parse_devices(device)

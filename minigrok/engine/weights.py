@@ -15,7 +15,8 @@ import numpy as np
 
 from ..reference.quant import QuantizedWeight8bit, bf16_to_f32, dequantize
 from ..reference.xp import array_module
-from .cpu import CHUNK_ELEMENTS, int8_matmul, matmul_transposed
+from .cpu import CHUNK_ELEMENTS, int8_matmul, matmul_transposed, native_takes
+from .native import native_matmuls
 from .gemv import GEMV_MAX_TOKENS, gemv_fits, int8_gemv, int8_matmul_gpu
 
 
@@ -40,6 +41,24 @@ def product(x, weight, scales):
     if n_in * n_out <= CHUNK_ELEMENTS:
         return x @ dequantize(QuantizedWeight8bit(weight, scales))
     return int8_matmul(x, weight, bf16_to_f32(np.asarray(scales)))
+
+
+def matmuls(pairs) -> list:
+    """[w.matmul(x) for x, w in pairs], the same bits, with the products that the CPU's
+    compiled kernel takes made in one parallel_map (native.native_matmuls): no thread waits
+    for the other between them. Anything else (a GPU, a small weight) goes one by one."""
+    def kernel_takes(x, w):             # as product() would send it to native_matmul
+        return isinstance(w, Int8Weight) and array_module(x) is np and \
+            w.weight.size > CHUNK_ELEMENTS and native_takes(x, w.weight)
+
+    together = [i for i, (x, w) in enumerate(pairs) if kernel_takes(x, w)]
+    out = [None if i in together else w.matmul(x) for i, (x, w) in enumerate(pairs)]
+    made = native_matmuls([(pairs[i][0], pairs[i][1].weight,
+                            bf16_to_f32(np.asarray(pairs[i][1].scales))) for i in together]
+                          ) if together else []
+    for i, y in zip(together, made):
+        out[i] = y
+    return out
 
 
 class Int8Weight:

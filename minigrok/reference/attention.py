@@ -112,12 +112,25 @@ def attention(x, query, key, value, linear, *, num_q_heads: int, num_kv_heads: i
     (query head h = kv head h // G, group slot h % G) and attn_context [T, H*d] (weights @ v,
     heads flattened, before the output projection). ``score_bytes``: see context.
     """
-    xp = array_module(x)
-    T, G = x.shape[0], num_q_heads // num_kv_heads
+    return projected_attention(
+        quant.linear(x, query), quant.linear(x, key), quant.linear(x, value), linear,
+        num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, key_size=key_size,
+        multiplier=multiplier, keep=keep, offset=offset, cache=cache, index=index, trace=trace,
+        score_bytes=score_bytes)
+
+
+def projected_attention(q, k, v, linear, *, num_q_heads: int, num_kv_heads: int, key_size: int,
+                        multiplier: float, keep, offset: int = 0, cache=None, index: int = 0,
+                        trace: dict | None = None, score_bytes: int = SCORE_BYTES):
+    """attention after its three projections: q [T, H*d], k, v [T, K*d] (x times query,
+    key, value) -> [T, D] float32, with attention's other arguments. (The engine's CPU
+    decode step makes the three products in one go and continues here.)"""
+    xp = array_module(q)
+    T, G = q.shape[0], num_q_heads // num_kv_heads
     positions = offset + xp.arange(T)
-    q = apply_rope(quant.linear(x, query).reshape(T, num_q_heads, key_size), positions)   # [T, H, d]
-    k = apply_rope(quant.linear(x, key).reshape(T, num_kv_heads, key_size), positions)    # [T, K, d]
-    v = quant.linear(x, value).reshape(T, num_kv_heads, key_size)                         # [T, K, d]
+    q = apply_rope(q.reshape(T, num_q_heads, key_size), positions)                 # [T, H, d]
+    k = apply_rope(k.reshape(T, num_kv_heads, key_size), positions)                # [T, K, d]
+    v = v.reshape(T, num_kv_heads, key_size)                                       # [T, K, d]
     if trace is not None:
         trace.update(q=q, k=k, v=v)
     if cache is not None:

@@ -18,7 +18,9 @@
 #
 # **The code.** `minigrok/reference/layer.py`: `decoder_layer`, the reference layer and nothing
 # else (a GPU decoding one token runs the engine's fused `decode_layer` instead,
-# `minigrok/engine/decode.py`, held to this one by the tests); `minigrok/formats/checkpoint.py`:
+# `minigrok/engine/decode.py`, and a CPU makes the same steps with the int8 products in
+# four batches, `minigrok/engine/cpu_decode.py`, both held to this one by the tests);
+# `minigrok/formats/checkpoint.py`:
 # `layer_params` (the nested dict of one layer's parameters, built from the flat checkpoint by
 # name).
 

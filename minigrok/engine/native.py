@@ -23,9 +23,10 @@ works, or MINIGROK_NATIVE=0, the numpy tiles of engine/cpu.py run instead
     products, kernels/int8_matmul.c has the figures); all add each row's product in the same
     order;
   * threads take whole scale blocks where there are several (a block's rows lie one after
-    another, so each thread reads one long stretch: 13.4 -> 14.6 GB/s on a 32768 x 6144
-    expert matrix alone, equal inside a layer; 8-token prefill products 10% faster), else
-    columns; either way no sum depends on the number of threads.
+    another, one long stretch: 13.4 -> 14.6 GB/s on a 32768 x 6144 expert matrix alone,
+    equal inside a layer; 8-token prefill products 10% faster), else columns; either way no
+    sum depends on the number of threads. native_matmuls makes several products in one
+    parallel_map (a decode step's, engine/cpu_decode.py).
 """
 
 import ctypes

@@ -31,7 +31,9 @@
 # **The code.** All of it is the engine, `minigrok/engine/`, outside the reference the other
 # lessons read; the tests hold every fast path to the reference's `x @ dequantize(W)`.
 # `cpu.py` (the numpy path), `native.py` (the compiled one), `threads.py` (the shared pool
-# `parallel_map`, `split_range` cutting columns between threads, `blas_threads`), `gemv.py`
+# `parallel_map`, `split_range` cutting columns between threads, `blas_threads`),
+# `cpu_decode.py` (a decoded token's products four batches a layer, so that neither thread
+# waits for the other between them), `gemv.py`
 # and `decode.py` (the GPU's products and decode layer), `kernels/` (the C and CUDA sources
 # `int8_matmul.c`, `gemv.cu`, `decode.cu`; `kernels.source(name)` reads one), `weights.py`:
 # `product` (which path a product takes, behind `Int8Weight(weight, scales).matmul(x)`),

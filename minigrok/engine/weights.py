@@ -16,8 +16,8 @@ import numpy as np
 from ..reference.quant import QuantizedWeight8bit, bf16_to_f32, dequantize
 from ..reference.xp import array_module
 from .cpu import CHUNK_ELEMENTS, int8_matmul, matmul_transposed, native_takes
-from .native import native_matmuls
 from .gemv import GEMV_MAX_TOKENS, gemv_fits, int8_gemv, int8_matmul_gpu
+from .native import native_matmuls
 
 
 def product(x, weight, scales):
